@@ -1,0 +1,68 @@
+"""The shape every policy shares: wrap a sync or an async callable.
+
+A policy turns a callable into a protected callable once, at decoration time;
+the per-call path is then one closure, with no dispatch and no allocation on
+success. ``Pipeline`` composes policies by wrapping one inside the other.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
+
+__all__ = ["Policy", "is_async_callable"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for coroutine functions, including bound methods, partials and callables."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+class Policy(ABC):
+    """Base of every policy: a decorator for sync and async callables."""
+
+    __slots__ = ()
+
+    name: str
+
+    @abstractmethod
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Return ``fn`` protected by this policy (``fn`` is synchronous)."""
+
+    @abstractmethod
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        """Return ``fn`` protected by this policy (``fn`` returns an awaitable)."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``fn``: sync functions stay sync, coroutine functions stay async."""
+        wrapped: Callable[P, Any]
+        wrapped = self.wrap_async(fn) if is_async_callable(fn) else self.wrap_sync(fn)
+        functools.update_wrapper(wrapped, fn)
+        wrapped.__dict__["policy"] = self  # reach the policy (and its statistics) from fn
+        return wrapped
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` under this policy."""
+        return self.wrap_sync(fn)(*args, **kwargs)
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call and await ``fn(*args, **kwargs)`` under this policy."""
+        return await self.wrap_async(fn)(*args, **kwargs)

@@ -1,0 +1,431 @@
+"""Error classification: what kind of failure an exception is.
+
+A retry policy asks one question of every failure: is it worth trying again,
+and how soon? :func:`classify` answers it with an :class:`ErrorClass` and, when
+the failure carries one (an HTTP 429 or 503 with ``Retry-After``), the delay the
+server asked for.
+
+The default classifier knows the standard library and, when they are already
+imported, httpx, requests, aiohttp, urllib, redis-py and psycopg. It never
+imports them: an exception from a library can only exist once that library is
+loaded, so the lookup goes through the exception's own class hierarchy.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from .errors import (
+    BulkheadFull,
+    CircuitOpenError,
+    ConfigurationError,
+    RateLimitExceeded,
+    StoreUnavailable,
+    TimeoutExceeded,
+)
+
+__all__ = [
+    "ErrorClass",
+    "Classification",
+    "Classifier",
+    "ClassifierLike",
+    "classify",
+    "classify_status",
+    "default_classifier",
+    "make_classifier",
+    "parse_retry_after",
+]
+
+
+class ErrorClass(StrEnum):
+    """The kinds of failure a policy tells apart."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """An error's class and, if the failure said so, how long to wait."""
+
+    error_class: ErrorClass
+    retry_after: float | None = None
+
+
+Classifier: TypeAlias = Callable[[BaseException], Classification | None]
+"""A callable that classifies an exception, or returns ``None`` to pass."""
+
+ClassifierLike: TypeAlias = Classifier | Mapping[type[BaseException], ErrorClass | str] | None
+"""What users may pass as ``classifier=``: a callable, or a mapping of types."""
+
+_PERMANENT = Classification(ErrorClass.PERMANENT)
+_TRANSIENT = Classification(ErrorClass.TRANSIENT)
+_TIMEOUT = Classification(ErrorClass.TIMEOUT)
+_NETWORK = Classification(ErrorClass.NETWORK)
+_UNKNOWN = Classification(ErrorClass.UNKNOWN)
+
+
+# --------------------------------------------------------------------------
+# HTTP status codes and Retry-After
+
+
+def parse_retry_after(value: str | bytes | None, *, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    Returns seconds to wait (never negative), or ``None`` if absent or invalid.
+    ``now`` is the current wall-clock time (``time.time()``) for dates.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            return None
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are always GMT
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def classify_status(status: int, retry_after: float | None = None) -> Classification | None:
+    """Classify an HTTP status code; ``None`` for statuses that are not failures."""
+    if status == 429:
+        return Classification(ErrorClass.RATE_LIMITED, retry_after)
+    if status in (408, 425, 500, 502, 503, 504):
+        return Classification(ErrorClass.TRANSIENT, retry_after)
+    if 400 <= status < 600:
+        return _PERMANENT
+    return None
+
+
+def _header(headers: Any, name: str) -> Any:
+    if headers is None:
+        return None
+    try:
+        return headers.get(name)
+    except Exception:  # an odd headers object must not break classification
+        return None
+
+
+def _from_response(status: Any, headers: Any) -> Classification:
+    if not isinstance(status, int):
+        return _UNKNOWN
+    retry_after = parse_retry_after(_header(headers, "Retry-After"))
+    return classify_status(status, retry_after) or _UNKNOWN
+
+
+# --------------------------------------------------------------------------
+# Library-specific classifiers, looked up by the root module of the
+# exception's classes. Each is only ever called with an exception whose class
+# hierarchy already includes that library, so the imports below are free.
+
+
+def _classify_httpx(exc: BaseException) -> Classification | None:
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return _from_response(exc.response.status_code, exc.response.headers)
+    if isinstance(exc, httpx.TimeoutException):
+        return _TIMEOUT
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError):
+        return _NETWORK
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL | httpx.TooManyRedirects):
+        return _PERMANENT
+    if isinstance(exc, httpx.TransportError):
+        return _TRANSIENT
+    return None
+
+
+def _classify_requests(exc: BaseException) -> Classification | None:
+    import requests
+
+    if isinstance(exc, requests.HTTPError):
+        response = exc.response
+        if response is None:
+            return _UNKNOWN
+        return _from_response(response.status_code, response.headers)
+    if isinstance(exc, requests.Timeout):  # before ConnectionError: ConnectTimeout is both
+        return _TIMEOUT
+    if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return _NETWORK
+    if isinstance(
+        exc,
+        requests.exceptions.InvalidURL
+        | requests.exceptions.MissingSchema
+        | requests.exceptions.InvalidSchema
+        | requests.exceptions.InvalidHeader
+        | requests.TooManyRedirects,
+    ):
+        return _PERMANENT
+    return None
+
+
+def _classify_aiohttp(exc: BaseException) -> Classification | None:
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return _from_response(exc.status, exc.headers)
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # before connection errors: it is both
+        return _TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return _NETWORK
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return _TRANSIENT
+    if isinstance(exc, aiohttp.InvalidURL):
+        return _PERMANENT
+    return None
+
+
+def _classify_urllib(exc: BaseException) -> Classification | None:
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return _from_response(exc.code, exc.headers)
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return _TIMEOUT
+        return _NETWORK
+    return None
+
+
+def _classify_redis(exc: BaseException) -> Classification | None:
+    import redis.exceptions as rex
+
+    if isinstance(exc, rex.TimeoutError):
+        return _TIMEOUT
+    if isinstance(exc, rex.BusyLoadingError | rex.ReadOnlyError | rex.TryAgainError):
+        return _TRANSIENT
+    if isinstance(exc, rex.ClusterDownError | rex.MasterDownError):
+        return _TRANSIENT
+    if isinstance(exc, rex.AuthenticationError | rex.DataError | rex.ResponseError):
+        return _PERMANENT  # AuthenticationError is a ConnectionError: test it first
+    if isinstance(exc, rex.ConnectionError):
+        return _NETWORK
+    return None
+
+
+# SQLSTATE classes: https://www.postgresql.org/docs/current/errcodes-appendix.html
+_SQLSTATE_CLASSES: tuple[tuple[str, Classification], ...] = (
+    ("57014", _TIMEOUT),  # query_canceled (statement_timeout)
+    ("55P03", _TRANSIENT),  # lock_not_available
+    ("57P", _NETWORK),  # admin/crash shutdown, cannot connect now
+    ("08", _NETWORK),  # connection exception
+    ("40", _TRANSIENT),  # serialization failure, deadlock
+    ("53", _TRANSIENT),  # insufficient resources
+    ("22", _PERMANENT),  # data exception
+    ("23", _PERMANENT),  # integrity constraint violation
+    ("42", _PERMANENT),  # syntax error or access rule violation
+)
+
+
+def _classify_psycopg(exc: BaseException) -> Classification | None:
+    import psycopg
+
+    pool = sys.modules.get("psycopg_pool")  # a separate package: present only if imported
+    if pool is not None and isinstance(exc, pool.PoolTimeout):
+        return _TIMEOUT
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        for prefix, classification in _SQLSTATE_CLASSES:
+            if sqlstate.startswith(prefix):
+                return classification
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return _TIMEOUT
+    if isinstance(exc, psycopg.OperationalError):
+        return _NETWORK
+    if isinstance(exc, psycopg.ProgrammingError | psycopg.DataError | psycopg.IntegrityError):
+        return _PERMANENT
+    return None
+
+
+_LIBRARY_CLASSIFIERS: dict[str, Classifier] = {
+    "httpx": _classify_httpx,
+    "requests": _classify_requests,
+    "aiohttp": _classify_aiohttp,
+    "urllib": _classify_urllib,
+    "redis": _classify_redis,
+    "psycopg": _classify_psycopg,
+    "psycopg_pool": _classify_psycopg,
+}
+
+
+# --------------------------------------------------------------------------
+# The standard library and the library's own errors
+
+_NETWORK_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ECONNABORTED",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "ENETRESET",
+        "EHOSTUNREACH",
+        "EHOSTDOWN",
+        "EPIPE",
+        "ENOTCONN",
+        "EADDRNOTAVAIL",
+        "ESHUTDOWN",
+    )
+    if hasattr(errno, name)
+)
+
+_PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError,
+    ValueError,
+    AttributeError,
+    LookupError,  # KeyError, IndexError
+    NameError,
+    NotImplementedError,
+    AssertionError,
+    ImportError,
+    SyntaxError,
+    ArithmeticError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
+
+def _classify_own(exc: BaseException) -> Classification | None:
+    if isinstance(exc, CircuitOpenError | BulkheadFull):
+        # Waiting out the break (or for a free slot) may succeed: transient.
+        return Classification(ErrorClass.TRANSIENT, exc.retry_after)
+    if isinstance(exc, RateLimitExceeded):
+        return Classification(ErrorClass.RATE_LIMITED, exc.retry_after)
+    if isinstance(exc, TimeoutExceeded):
+        return _TIMEOUT
+    if isinstance(exc, StoreUnavailable):
+        return _NETWORK
+    if isinstance(exc, ConfigurationError):
+        return _PERMANENT
+    return None
+
+
+def _classify_stdlib(exc: BaseException) -> Classification | None:
+    if isinstance(exc, TimeoutError):  # also asyncio.TimeoutError and socket.timeout
+        return _TIMEOUT
+    if isinstance(exc, ConnectionError | socket.gaierror | socket.herror):
+        return _NETWORK
+    if isinstance(exc, _PROGRAMMING_ERRORS):
+        return _PERMANENT
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ETIMEDOUT:
+            return _TIMEOUT
+        if exc.errno in _NETWORK_ERRNOS:
+            return _NETWORK
+    return None
+
+
+def default_classifier(exc: BaseException) -> Classification:
+    """Classify ``exc`` with the built-in knowledge only; ``UNKNOWN`` if none applies."""
+    own = _classify_own(exc)
+    if own is not None:
+        return own
+    seen: set[str] = set()
+    for cls in type(exc).__mro__:
+        root = cls.__module__.partition(".")[0]
+        if root in seen:
+            continue
+        seen.add(root)
+        library = _LIBRARY_CLASSIFIERS.get(root)
+        if library is not None:
+            found = library(exc)
+            if found is not None:
+                return found
+    return _classify_stdlib(exc) or _UNKNOWN
+
+
+def _mapping_classifier(
+    mapping: Mapping[type[BaseException], ErrorClass | str],
+) -> Classifier:
+    # Most specific type first, so {OSError: NETWORK, FileNotFoundError: PERMANENT}
+    # does what it says whatever the dict order.
+    items: list[tuple[type[BaseException], Classification]] = []
+    for exc_type, error_class in mapping.items():
+        if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+            raise TypeError(f"classifier mapping keys must be exception types, got {exc_type!r}")
+        items.append((exc_type, Classification(ErrorClass(error_class))))
+    items.sort(key=lambda item: -len(item[0].__mro__))
+
+    def classify_by_type(exc: BaseException) -> Classification | None:
+        for exc_type, classification in items:
+            if isinstance(exc, exc_type):
+                return classification
+        return None
+
+    return classify_by_type
+
+
+def make_classifier(
+    *classifiers: ClassifierLike | Iterable[ClassifierLike],
+) -> Callable[[BaseException], Classification]:
+    """Chain user classifiers in front of the default one; the first answer wins.
+
+    Each argument is a callable returning a :class:`Classification` (or ``None``
+    to pass), a mapping ``{ExceptionType: ErrorClass}``, or a list of those.
+    """
+    chain: list[Classifier] = []
+
+    def add(item: Any) -> None:
+        if item is None:
+            return
+        if isinstance(item, Mapping):
+            chain.append(_mapping_classifier(item))
+        elif callable(item):
+            chain.append(item)
+        elif isinstance(item, Iterable) and not isinstance(item, str | bytes):
+            for inner in item:
+                add(inner)
+        else:
+            raise TypeError(f"not a classifier: {item!r}")
+
+    for classifier in classifiers:
+        add(classifier)
+    if not chain:
+        return default_classifier
+    user = tuple(chain)
+
+    def chained(exc: BaseException) -> Classification:
+        for classifier in user:
+            found = classifier(exc)
+            if found is not None:
+                return found
+        return default_classifier(exc)
+
+    return chained
+
+
+def classify(exc: BaseException, *classifiers: ClassifierLike) -> Classification:
+    """Classify ``exc``: user ``classifiers`` first, then the built-in knowledge."""
+    if classifiers:
+        return make_classifier(*classifiers)(exc)
+    return default_classifier(exc)

@@ -1,0 +1,722 @@
+"""Retry: call again after a failure, with classified errors and jittered backoff.
+
+The per-call path is built for speed: the decorator returns one closure that, on
+success, does nothing but call the function and tick an atomic counter. All
+retry bookkeeping lives in a :class:`_Call` object created on the first failure,
+so a ``Retry`` shared by many threads and tasks keeps no per-call state on
+itself. Sync and async drivers are thin loops around the same decision method,
+:meth:`Retry._next_delay`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
+
+from pydantic import BeforeValidator, Field, field_validator
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._policy import Policy
+from ._testing_mode import TESTING_MODE
+from ._validation import OptionsModel, PositiveSeconds, build_options
+from .backoff import Backoff
+from .classify import Classification, ClassifierLike, ErrorClass, make_classifier
+
+__all__ = [
+    "Attempt",
+    "GiveUpReason",
+    "Retry",
+    "RetryInfo",
+    "RetryOptions",
+    "RetryStatistics",
+    "with_retry",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+GiveUpReason = Literal["not_retryable", "attempts", "deadline"]
+
+_NO_RESULT: Any = object()
+
+
+def _to_backoff(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Backoff.from_options(value)
+    return value
+
+
+BackoffField = Annotated[Backoff, BeforeValidator(_to_backoff)]
+
+RetryOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool]
+
+
+class RetryOptions(OptionsModel):
+    """Validated options of a :class:`Retry`."""
+
+    attempts: Annotated[int, Field(ge=1)] = 3
+    backoff: BackoffField = Field(default_factory=lambda: Backoff.exponential(0.1, 10.0))
+    deadline: PositiveSeconds | None = None
+    max_delay: PositiveSeconds | None = None
+    retry_on: Any = None
+    backoff_by_class: dict[ErrorClass, BackoffField] = Field(default_factory=dict)
+    respect_retry_after: bool = True
+    retry_if_result: Callable[[Any], bool] | None = None
+    classifier: Any = None
+    on_retry: Callable[[RetryInfo], object] | None = None
+    on_give_up: Callable[[RetryInfo], object] | None = None
+    name: Annotated[str, Field(min_length=1)] = "retry"
+    clock: Clock = SYSTEM_CLOCK
+    rng: random.Random | None = None
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_retry_on(cls, value: Any) -> Any:
+        if value is None or (callable(value) and not isinstance(value, type)):
+            return value
+        if isinstance(value, str | ErrorClass | type):
+            value = [value]
+        items: list[ErrorClass | type[BaseException]] = []
+        for item in value:
+            if isinstance(item, type) and issubclass(item, BaseException):
+                items.append(item)
+            else:
+                try:
+                    items.append(ErrorClass(item))
+                except ValueError:
+                    raise ValueError(
+                        f"expected error classes ({', '.join(c.value for c in ErrorClass)}), "
+                        f"exception types or a predicate; got {item!r}"
+                    ) from None
+        return tuple(items)
+
+    @field_validator("classifier")
+    @classmethod
+    def _check_classifier(cls, value: Any) -> Any:
+        try:
+            make_classifier(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class RetryInfo:
+    """What a hook is told about a failed attempt (``on_retry``) or a give-up."""
+
+    name: str
+    attempt: int
+    """Number of the attempt that just failed (1-based)."""
+    delay: float | None
+    """Seconds until the next attempt; ``None`` when giving up."""
+    exception: BaseException | None
+    result: Any
+    error_class: ErrorClass | None
+    elapsed: float
+    reason: GiveUpReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStatistics:
+    """Counts kept by one :class:`Retry` object over all its calls.
+
+    A call is counted once its first attempt has ended.
+    """
+
+    calls: int
+    attempts: int
+    retries: int
+    successes: int
+    give_ups: int
+
+
+def _counter_value(counter: itertools.count[int]) -> int:
+    # itertools.count is advanced atomically under the GIL; its repr is its value.
+    return int(repr(counter)[6:-1])
+
+
+class _Call:
+    """Bookkeeping of one call that has failed at least once."""
+
+    __slots__ = ("attempts", "error_class", "max_attempts", "previous_delay", "start")
+
+    def __init__(self, start: float, max_attempts: int) -> None:
+        self.attempts = 1
+        self.start = start
+        self.previous_delay: float | None = None
+        self.error_class: ErrorClass | None = None
+        self.max_attempts = max_attempts
+
+
+class _GiveUp(Exception):
+    """Internal control flow of the retry loop; never escapes it."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: GiveUpReason) -> None:
+        self.reason = reason
+
+
+class Retry(Policy):
+    """A retry policy: how many attempts, how long to wait, what to retry.
+
+    One ``Retry`` may serve any number of functions, threads and tasks at once.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_attempts",
+        "_backoff",
+        "_backoff_by_class",
+        "_classify",
+        "_clock",
+        "_deadline",
+        "_delay_ceiling",
+        "_fast_successes",
+        "_give_ups",
+        "_on_give_up",
+        "_on_retry",
+        "_retries",
+        "_retry_after_ceiling",
+        "_retry_if_result",
+        "_retryable",
+        "_rng",
+        "_slow_calls",
+        "_slow_successes",
+        "name",
+        "options",
+    )
+
+    def __init__(
+        self,
+        *,
+        attempts: int = 3,
+        backoff: Backoff | Mapping[str, Any] | None = None,
+        deadline: float | Any | None = None,
+        max_delay: float | Any | None = None,
+        retry_on: RetryOn | None = None,
+        backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None = None,
+        respect_retry_after: bool = True,
+        retry_if_result: Callable[[Any], bool] | None = None,
+        classifier: ClassifierLike | Iterable[ClassifierLike] = None,
+        on_retry: Callable[[RetryInfo], object] | None = None,
+        on_give_up: Callable[[RetryInfo], object] | None = None,
+        name: str = "retry",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "deadline": deadline,
+            "max_delay": max_delay,
+            "retry_on": retry_on,
+            "respect_retry_after": respect_retry_after,
+            "retry_if_result": retry_if_result,
+            "classifier": classifier,
+            "on_retry": on_retry,
+            "on_give_up": on_give_up,
+            "name": name,
+            "clock": SYSTEM_CLOCK if clock is None else clock,
+            "rng": rng,
+        }
+        if backoff is not None:
+            values["backoff"] = backoff
+        if backoff_by_class is not None:
+            values["backoff_by_class"] = dict(backoff_by_class)
+        self._configure(build_options(RetryOptions, f"Retry {name!r}", **values))
+
+    @classmethod
+    def from_options(cls, options: RetryOptions) -> Retry:
+        """Build a retry from already-validated options."""
+        retry = cls.__new__(cls)
+        retry._configure(options)
+        return retry
+
+    def _configure(self, options: RetryOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self._attempts = options.attempts
+        self._backoff = options.backoff
+        self._backoff_by_class = dict(options.backoff_by_class)
+        self._deadline = options.deadline
+        self._delay_ceiling = math.inf if options.max_delay is None else options.max_delay
+        # A server's Retry-After is honoured up to the backoff's own cap, if it has one.
+        backoff_cap = getattr(options.backoff.options, "cap", math.inf)
+        self._retry_after_ceiling = min(self._delay_ceiling, backoff_cap)
+        self._retryable = _retry_predicate(options.retry_on)
+        self._classify = make_classifier(options.classifier)
+        self._retry_if_result = options.retry_if_result
+        self._on_retry = options.on_retry
+        self._on_give_up = options.on_give_up
+        self._clock = options.clock
+        self._rng = options.rng if options.rng is not None else random.Random()
+        self._fast_successes = itertools.count()
+        self._slow_calls = itertools.count()
+        self._slow_successes = itertools.count()
+        self._retries = itertools.count()
+        self._give_ups = itertools.count()
+
+    # -- presets ----------------------------------------------------------------
+
+    @classmethod
+    def default(cls, **overrides: Any) -> Retry:
+        """3 attempts, exponential backoff from 0.1 s (x2, capped at 10 s, full jitter),
+        no deadline: the same as ``Retry()``, and what ``@with_retry`` uses."""
+        options: dict[str, Any] = {
+            "attempts": 3,
+            "backoff": Backoff.exponential(0.1, 10.0, jitter="full"),
+        }
+        return cls(**(options | overrides))
+
+    @classmethod
+    def aggressive(cls, **overrides: Any) -> Retry:
+        """10 attempts, exponential backoff from 0.05 s (x2, capped at 5 s, full jitter),
+        60 s deadline: for calls that must get through and can afford to wait."""
+        options: dict[str, Any] = {
+            "attempts": 10,
+            "backoff": Backoff.exponential(0.05, 5.0, jitter="full"),
+            "deadline": 60.0,
+            "name": "aggressive",
+        }
+        return cls(**(options | overrides))
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> Retry:
+        """3 attempts, exponential backoff from 0.01 s (x2, capped at 0.1 s, equal jitter),
+        1 s deadline: for latency-sensitive paths where a slow answer is a wrong one."""
+        options: dict[str, Any] = {
+            "attempts": 3,
+            "backoff": Backoff.exponential(0.01, 0.1, jitter="equal"),
+            "deadline": 1.0,
+            "name": "fast",
+        }
+        return cls(**(options | overrides))
+
+    # -- statistics ---------------------------------------------------------------
+
+    @property
+    def statistics(self) -> RetryStatistics:
+        """Counts over every call made through this object so far."""
+        fast = _counter_value(self._fast_successes)
+        slow_calls = _counter_value(self._slow_calls)
+        retries = _counter_value(self._retries)
+        calls = fast + slow_calls
+        return RetryStatistics(
+            calls=calls,
+            attempts=calls + retries,
+            retries=retries,
+            successes=fast + _counter_value(self._slow_successes),
+            give_ups=_counter_value(self._give_ups),
+        )
+
+    # -- the decision shared by every driver ------------------------------------------
+
+    def _start_call(self, start: float | None) -> _Call:
+        next(self._slow_calls)
+        return _Call(
+            self._clock.now() if start is None else start,
+            TESTING_MODE.cap(self._attempts),
+        )
+
+    def _next_delay(self, call: _Call, exc: BaseException | None, result: Any) -> float:
+        """After a failed attempt: the delay before the next one, or raise ``_GiveUp``."""
+        retry_after: float | None = None
+        if exc is not None:
+            classification = self._classify(exc)
+            call.error_class = classification.error_class
+            if not self._retryable(exc, classification):
+                raise _GiveUp("not_retryable")
+            retry_after = classification.retry_after
+        else:
+            call.error_class = None
+        if call.attempts >= call.max_attempts:
+            raise _GiveUp("attempts")
+        backoff = self._backoff_by_class.get(call.error_class, self._backoff)  # type: ignore[arg-type]
+        delay = min(
+            backoff.delay(call.attempts, call.previous_delay, self._rng), self._delay_ceiling
+        )
+        if retry_after is not None and self.options.respect_retry_after and retry_after > delay:
+            delay = max(delay, min(retry_after, self._retry_after_ceiling))
+        if self._deadline is not None:
+            elapsed = self._clock.now() - call.start
+            if elapsed + delay > self._deadline:
+                raise _GiveUp("deadline")
+        call.previous_delay = delay
+        next(self._retries)
+        if self._on_retry is not None:
+            self._on_retry(self._info(call, delay, exc, result, None))
+        return delay
+
+    def _info(
+        self,
+        call: _Call,
+        delay: float | None,
+        exc: BaseException | None,
+        result: Any,
+        reason: GiveUpReason | None,
+    ) -> RetryInfo:
+        return RetryInfo(
+            name=self.name,
+            attempt=call.attempts,
+            delay=delay,
+            exception=exc,
+            result=None if result is _NO_RESULT else result,
+            error_class=call.error_class,
+            elapsed=self._clock.now() - call.start,
+            reason=reason,
+        )
+
+    def _give_up(
+        self, call: _Call, reason: GiveUpReason, exc: BaseException | None, result: Any
+    ) -> Any:
+        """Finish a failed call: re-raise the last exception, or return the last result."""
+        next(self._give_ups)
+        if self._on_give_up is not None:
+            self._on_give_up(self._info(call, None, exc, result, reason))
+        if exc is None:
+            return result
+        if call.attempts > 1 or reason != "not_retryable":
+            elapsed = self._clock.now() - call.start
+            why = {
+                "not_retryable": "error not retryable",
+                "attempts": "attempts exhausted",
+                "deadline": "next wait would pass the deadline",
+            }[reason]
+            exc.add_note(
+                f"resilience: retry {self.name!r} gave up after {call.attempts} "
+                f"attempt{'s' if call.attempts != 1 else ''} over {elapsed:.3f}s ({why})"
+            )
+        raise exc
+
+    def _should_sleep(self) -> bool:
+        return not TESTING_MODE.active
+
+    # -- sync and async drivers -------------------------------------------------------
+
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        hit = self._fast_successes.__next__
+        retry_rest = self._retry_rest_sync
+        check = self._retry_if_result
+        now = self._clock.now
+        # Read the clock up front only when a deadline needs it: the success path
+        # of a plain retry then costs one call and one counter tick.
+        if self._deadline is None and check is None:
+
+            def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    hit()
+                    return result
+                return retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+
+            return retrying
+
+        def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            start = now()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+            else:
+                if check is None or not check(result):
+                    hit()
+                    return result
+                return retry_rest(fn, args, kwargs, None, result, start)
+            return retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
+
+        return retrying_checked
+
+    def _retry_rest_sync(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        exc: BaseException | None,
+        result: Any,
+        start: float | None,
+    ) -> R:
+        call = self._start_call(start)
+        check = self._retry_if_result
+        sleep = self._clock.sleep
+        while True:
+            try:
+                delay = self._next_delay(call, exc, result)
+            except _GiveUp as give_up:
+                reason = give_up.reason
+                break
+            if delay > 0 and self._should_sleep():
+                sleep(delay)
+            call.attempts += 1
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as error:
+                exc, result = error, _NO_RESULT
+                continue
+            exc, result = None, value
+            if check is None or not check(value):
+                next(self._slow_successes)
+                return value
+        return self._give_up(call, reason, exc, result)  # type: ignore[no-any-return]
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        hit = self._fast_successes.__next__
+        retry_rest = self._retry_rest_async
+        check = self._retry_if_result
+        now = self._clock.now
+        if self._deadline is None and check is None:
+
+            async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    hit()
+                    return result
+                return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+
+            return retrying
+
+        async def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            start = now()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+            else:
+                if check is None or not check(result):
+                    hit()
+                    return result
+                return await retry_rest(fn, args, kwargs, None, result, start)
+            return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
+
+        return retrying_checked
+
+    async def _retry_rest_async(
+        self,
+        fn: Callable[..., Awaitable[R]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        exc: BaseException | None,
+        result: Any,
+        start: float | None,
+    ) -> R:
+        call = self._start_call(start)
+        check = self._retry_if_result
+        asleep = self._clock.asleep
+        while True:
+            try:
+                delay = self._next_delay(call, exc, result)
+            except _GiveUp as give_up:
+                reason = give_up.reason
+                break
+            if delay > 0 and self._should_sleep():
+                await asleep(delay)
+            call.attempts += 1
+            try:
+                value = await fn(*args, **kwargs)
+            except Exception as error:
+                exc, result = error, _NO_RESULT
+                continue
+            exc, result = None, value
+            if check is None or not check(value):
+                next(self._slow_successes)
+                return value
+        return self._give_up(call, reason, exc, result)  # type: ignore[no-any-return]
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)``, retrying as configured."""
+        start = self._clock.now()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            return self._retry_rest_sync(fn, args, kwargs, exc, _NO_RESULT, start)
+        check = self._retry_if_result
+        if check is not None and check(result):
+            return self._retry_rest_sync(fn, args, kwargs, None, result, start)
+        next(self._fast_successes)
+        return result
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call and await ``fn(*args, **kwargs)``, retrying as configured."""
+        start = self._clock.now()
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            failure = exc
+        else:
+            check = self._retry_if_result
+            if check is not None and check(result):
+                return await self._retry_rest_async(fn, args, kwargs, None, result, start)
+            next(self._fast_successes)
+            return result
+        return await self._retry_rest_async(fn, args, kwargs, failure, _NO_RESULT, start)
+
+    # -- block form: ``for attempt in retry: with attempt: ...`` ------------------------
+
+    def __iter__(self) -> Iterator[Attempt]:
+        start = self._clock.now()
+        attempt = Attempt(1)
+        yield attempt
+        if attempt._succeeded(self._retry_if_result):
+            next(self._fast_successes)
+            return
+        call = self._start_call(start)
+        while True:
+            try:
+                delay = self._next_delay(call, attempt._exception, attempt._result)
+            except _GiveUp as give_up:
+                self._give_up(call, give_up.reason, attempt._exception, attempt._result)
+                return
+            if delay > 0 and self._should_sleep():
+                self._clock.sleep(delay)
+            call.attempts += 1
+            attempt = Attempt(call.attempts)
+            yield attempt
+            if attempt._succeeded(self._retry_if_result):
+                next(self._slow_successes)
+                return
+
+    async def __aiter__(self) -> AsyncIterator[Attempt]:
+        start = self._clock.now()
+        attempt = Attempt(1)
+        yield attempt
+        if attempt._succeeded(self._retry_if_result):
+            next(self._fast_successes)
+            return
+        call = self._start_call(start)
+        while True:
+            try:
+                delay = self._next_delay(call, attempt._exception, attempt._result)
+            except _GiveUp as give_up:
+                self._give_up(call, give_up.reason, attempt._exception, attempt._result)
+                return
+            if delay > 0 and self._should_sleep():
+                await self._clock.asleep(delay)
+            call.attempts += 1
+            attempt = Attempt(call.attempts)
+            yield attempt
+            if attempt._succeeded(self._retry_if_result):
+                next(self._slow_successes)
+                return
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"Retry(name={o.name!r}, attempts={o.attempts}, backoff={o.backoff!r}, "
+            f"deadline={o.deadline!r})"
+        )
+
+
+class Attempt:
+    """One attempt of the block form; use it as a (sync or async) context manager.
+
+    An exception raised in the block is caught and handed to the retry loop,
+    which either retries or re-raises it unchanged. ``set_result`` hands a value
+    to ``retry_if_result``.
+    """
+
+    __slots__ = ("_exception", "_result", "number")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self._exception: BaseException | None = None
+        self._result: Any = _NO_RESULT
+
+    def set_result(self, value: Any) -> None:
+        """Record the attempt's result, for ``retry_if_result`` to judge."""
+        self._result = value
+
+    def _succeeded(self, check: Callable[[Any], bool] | None) -> bool:
+        if self._exception is not None:
+            return False
+        return check is None or self._result is _NO_RESULT or not check(self._result)
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        # Only Exception subclasses are retried: KeyboardInterrupt, SystemExit,
+        # GeneratorExit and CancelledError always propagate.
+        if isinstance(exc, Exception):
+            self._exception = exc
+            return True
+        return False
+
+    async def __aenter__(self) -> Attempt:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.number}>"
+
+
+def _retry_predicate(
+    retry_on: Any,
+) -> Callable[[BaseException, Classification], bool]:
+    """Turn ``retry_on`` into ``(exception, classification) -> retry?``."""
+    if retry_on is None:
+        return lambda exc, c: c.error_class is not ErrorClass.PERMANENT
+    if callable(retry_on):
+        predicate: Callable[[BaseException], bool] = retry_on
+        return lambda exc, c: bool(predicate(exc))
+    classes = frozenset(item for item in retry_on if isinstance(item, ErrorClass))
+    types = tuple(item for item in retry_on if isinstance(item, type))
+    return lambda exc, c: c.error_class in classes or isinstance(exc, types)
+
+
+@overload
+def with_retry(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def with_retry(
+    fn: None = None, /, **options: Any
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def with_retry(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    """Retry the decorated function: bare (``@with_retry``) uses :meth:`Retry.default`;
+    with arguments (``@with_retry(attempts=5, ...)``) they override its options.
+
+    The wrapper's ``.policy`` attribute is the :class:`Retry`, for its statistics.
+    """
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        settings = dict(options)
+        settings.setdefault("name", getattr(func, "__qualname__", "retry"))
+        return Retry.default(**settings)(func)
+
+    if fn is not None:
+        if options:
+            raise TypeError("with_retry takes either a function or options, not both")
+        return decorate(fn)
+    return decorate
