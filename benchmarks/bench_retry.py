@@ -165,8 +165,12 @@ def main() -> None:
             Case("tenacity", tenacity_sync(make_flaky_sync())),  # type: ignore[arg-type]
         ]
 
-    compare("retry, sync, one failure then success", flaky_cases(), baseline="hand-written loop",
-            number=30_000)
+    compare(
+        "retry, sync, one failure then success",
+        flaky_cases(),
+        baseline="hand-written loop",
+        number=30_000,
+    )
 
     retry_async = rs.Retry(attempts=ATTEMPTS, backoff=NO_WAIT)
     tenacity_async = tenacity.retry(

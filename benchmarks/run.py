@@ -1,7 +1,7 @@
 """Run every benchmark module (``bench_*.py``) in this folder, or those named.
 
-    .venv/bin/python benchmarks/run.py            # all
-    .venv/bin/python benchmarks/run.py retry      # bench_retry.py only
+.venv/bin/python benchmarks/run.py            # all
+.venv/bin/python benchmarks/run.py retry      # bench_retry.py only
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import Field, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._policy import Policy
@@ -34,6 +34,7 @@ from ._testing_mode import TESTING_MODE
 from ._validation import OptionsModel, PositiveSeconds, build_options
 from .backoff import Backoff
 from .classify import Classification, ClassifierLike, ErrorClass, make_classifier
+from .errors import ConfigurationError
 
 __all__ = [
     "Attempt",
@@ -53,13 +54,19 @@ GiveUpReason = Literal["not_retryable", "attempts", "deadline"]
 _NO_RESULT: Any = object()
 
 
-def _to_backoff(value: Any) -> Any:
-    if isinstance(value, dict):
-        return Backoff.from_options(value)
-    return value
+def _coerce_backoff(value: Any, field: str, owner: str) -> Any:
+    """Build a Backoff from a dict (as configuration files give it), naming ``field``."""
+    if not isinstance(value, Mapping):
+        return value
+    try:
+        return Backoff.from_options(dict(value))
+    except ConfigurationError as error:
+        nested = [
+            (f"{field}.{name}", message.partition(": ")[2])
+            for name, message in zip(error.fields, error.errors, strict=True)
+        ]
+        raise ConfigurationError(owner, nested) from error
 
-
-BackoffField = Annotated[Backoff, BeforeValidator(_to_backoff)]
 
 RetryOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool]
 
@@ -68,11 +75,11 @@ class RetryOptions(OptionsModel):
     """Validated options of a :class:`Retry`."""
 
     attempts: Annotated[int, Field(ge=1)] = 3
-    backoff: BackoffField = Field(default_factory=lambda: Backoff.exponential(0.1, 10.0))
+    backoff: Backoff = Field(default_factory=lambda: Backoff.exponential(0.1, 10.0))
     deadline: PositiveSeconds | None = None
     max_delay: PositiveSeconds | None = None
     retry_on: Any = None
-    backoff_by_class: dict[ErrorClass, BackoffField] = Field(default_factory=dict)
+    backoff_by_class: dict[ErrorClass, Backoff] = Field(default_factory=dict)
     respect_retry_after: bool = True
     retry_if_result: Callable[[Any], bool] | None = None
     classifier: Any = None
@@ -232,11 +239,15 @@ class Retry(Policy):
             "clock": SYSTEM_CLOCK if clock is None else clock,
             "rng": rng,
         }
+        owner = f"Retry {name!r}"
         if backoff is not None:
-            values["backoff"] = backoff
+            values["backoff"] = _coerce_backoff(backoff, "backoff", owner)
         if backoff_by_class is not None:
-            values["backoff_by_class"] = dict(backoff_by_class)
-        self._configure(build_options(RetryOptions, f"Retry {name!r}", **values))
+            values["backoff_by_class"] = {
+                key: _coerce_backoff(value, f"backoff_by_class.{key}", owner)
+                for key, value in backoff_by_class.items()
+            }
+        self._configure(build_options(RetryOptions, owner, **values))
 
     @classmethod
     def from_options(cls, options: RetryOptions) -> Retry:
@@ -546,12 +557,16 @@ class Retry(Policy):
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            return self._retry_rest_sync(fn, args, kwargs, exc, _NO_RESULT, start)
-        check = self._retry_if_result
-        if check is not None and check(result):
-            return self._retry_rest_sync(fn, args, kwargs, None, result, start)
-        next(self._fast_successes)
-        return result
+            # Leave the except block first: retrying inside it would chain every
+            # later exception to this one through __context__.
+            failure = exc
+        else:
+            check = self._retry_if_result
+            if check is not None and check(result):
+                return self._retry_rest_sync(fn, args, kwargs, None, result, start)
+            next(self._fast_successes)
+            return result
+        return self._retry_rest_sync(fn, args, kwargs, failure, _NO_RESULT, start)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call and await ``fn(*args, **kwargs)``, retrying as configured."""

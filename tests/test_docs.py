@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def blocks(page: Path) -> list[str]:
-    return [
-        body for info, body in FENCE.findall(page.read_text()) if "norun" not in info.split()
-    ]
+    return [body for info, body in FENCE.findall(page.read_text()) if "norun" not in info.split()]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -22,3 +22,7 @@ def testing_mode(*, attempts: int | None = None) -> Iterator[None]:  # noqa: PT0
         yield
     finally:
         TESTING_MODE.pop()
+
+
+# The name starts with 'test': keep pytest from collecting it where users import it.
+testing_mode.__test__ = False  # type: ignore[attr-defined]
