@@ -73,5 +73,8 @@ def build_options(model: type[M], owner: str, /, **values: Any) -> M:
     try:
         return model(**values)
     except ValidationError as error:
-        problems = [(_field_name(tuple(item["loc"])), item["msg"]) for item in error.errors()]
+        problems = [
+            (_field_name(tuple(item["loc"])), item["msg"].removeprefix("Value error, "))
+            for item in error.errors()
+        ]
         raise ConfigurationError(owner, problems) from error
