@@ -28,6 +28,7 @@ from .errors import (
     CircuitOpenError,
     ConfigurationError,
     RateLimitExceeded,
+    ResilienceError,
     StoreUnavailable,
     TimeoutExceeded,
 )
@@ -345,13 +346,34 @@ def _classify_stdlib(exc: BaseException) -> Classification | None:
     return None
 
 
+# Classifications that depend on the exception's type alone (no status code, no
+# errno, no retry_after), remembered per type: the failure path of a retry then
+# costs one dict lookup for the common stdlib errors. Bounded, in case a program
+# mints exception types dynamically.
+_BY_TYPE: dict[type[BaseException], Classification] = {}
+_BY_TYPE_LIMIT = 512
+
+
+def _depends_only_on_type(exc: BaseException) -> bool:
+    if isinstance(exc, ResilienceError):
+        return False  # retry_after lives on the instance
+    # Generic OSErrors are classified by errno; their named subclasses are not.
+    return not isinstance(exc, OSError) or isinstance(
+        exc, TimeoutError | ConnectionError | socket.gaierror | socket.herror
+    )
+
+
 def default_classifier(exc: BaseException) -> Classification:
     """Classify ``exc`` with the built-in knowledge only; ``UNKNOWN`` if none applies."""
+    exc_type = type(exc)
+    known = _BY_TYPE.get(exc_type)
+    if known is not None:
+        return known
     own = _classify_own(exc)
     if own is not None:
         return own
     seen: set[str] = set()
-    for cls in type(exc).__mro__:
+    for cls in exc_type.__mro__:
         root = cls.__module__.partition(".")[0]
         if root in seen:
             continue
@@ -360,8 +382,11 @@ def default_classifier(exc: BaseException) -> Classification:
         if library is not None:
             found = library(exc)
             if found is not None:
-                return found
-    return _classify_stdlib(exc) or _UNKNOWN
+                return found  # library answers may read the instance: never cached
+    found = _classify_stdlib(exc) or _UNKNOWN
+    if len(_BY_TYPE) < _BY_TYPE_LIMIT and _depends_only_on_type(exc):
+        _BY_TYPE[exc_type] = found
+    return found
 
 
 def _mapping_classifier(

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
-from resilience.testing import FakeClock, testing_mode
+from resilience.testing import FakeClock, strategies, testing_mode
 
 EC = rs.ErrorClass
 NO_WAIT = rs.Backoff.constant(0)
@@ -609,3 +609,30 @@ def test_concurrent_tasks_keep_per_call_attempts_separate(plan: list[int]) -> No
 
     assert asyncio.run(run()) == [f + 1 for f in plan]
     assert retry.statistics.retries == sum(plan)
+
+
+# -- the public hypothesis strategies hold to the same invariants ------------------------------
+
+
+@settings(max_examples=60)
+@given(
+    options=strategies.retry_options(),
+    error=strategies.exceptions_of(),
+    failures=st.integers(0, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_any_generated_retry_keeps_its_limits(
+    options: dict[str, Any], error: Exception, failures: int, seed: int
+) -> None:
+    clock = FakeClock()
+    retry = rs.Retry(**options, clock=clock, rng=random.Random(seed))
+    flaky = Flaky(failures, error=lambda: error, clock=clock, duration=0.25)
+    try:
+        retry.call(flaky)
+    except Exception as caught:
+        assert caught is error
+    assert flaky.calls <= options["attempts"]
+    if "deadline" in options:
+        assert clock.slept <= options["deadline"] + 1e-9
+    if "max_delay" in options:
+        assert all(sleep <= options["max_delay"] + 1e-9 for sleep in clock.sleeps)
