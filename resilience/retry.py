@@ -29,12 +29,15 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
 from pydantic import Field, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._deadline import DEADLINE
 from ._policy import Policy
 from ._testing_mode import TESTING_MODE
 from ._validation import OptionsModel, PositiveSeconds, build_options
 from .backoff import Backoff
 from .classify import Classification, ClassifierLike, ErrorClass, make_classifier
 from .errors import ConfigurationError
+from .telemetry._hub import HUB
+from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
 
 __all__ = [
     "Attempt",
@@ -365,11 +368,23 @@ class Retry(Policy):
             elapsed = self._clock.now() - call.start
             if elapsed + delay > self._deadline:
                 raise _GiveUp("deadline")
+        # An enclosing Timeout's deadline: never sleep into it (no time would be left).
+        ambient = DEADLINE.get()
+        if ambient is not None and delay >= ambient.remaining():
+            raise _GiveUp("deadline")
         call.previous_delay = delay
         next(self._retries)
         if self._on_retry is not None:
             self._on_retry(self._info(call, delay, exc, result, None))
+        if HUB.active:
+            error_class = None if call.error_class is None else call.error_class.value
+            HUB.emit(RetryScheduled(self.name, call.attempts, delay, error_class, exc))
         return delay
+
+    def _begin_attempt(self, call: _Call) -> None:
+        call.attempts += 1
+        if HUB.active:
+            HUB.emit(AttemptStarted(self.name, call.attempts))
 
     def _info(
         self,
@@ -397,6 +412,10 @@ class Retry(Policy):
         next(self._give_ups)
         if self._on_give_up is not None:
             self._on_give_up(self._info(call, None, exc, result, reason))
+        if HUB.active:
+            error_class = None if call.error_class is None else call.error_class.value
+            elapsed = self._clock.now() - call.start
+            HUB.emit(GaveUp(self.name, call.attempts, elapsed, reason, error_class, exc))
         if exc is None:
             return result
         if call.attempts > 1 or reason != "not_retryable":
@@ -473,7 +492,7 @@ class Retry(Policy):
                 break
             if delay > 0 and self._should_sleep():
                 sleep(delay)
-            call.attempts += 1
+            self._begin_attempt(call)
             try:
                 value = fn(*args, **kwargs)
             except Exception as error:
@@ -539,7 +558,7 @@ class Retry(Policy):
                 break
             if delay > 0 and self._should_sleep():
                 await asleep(delay)
-            call.attempts += 1
+            self._begin_attempt(call)
             try:
                 value = await fn(*args, **kwargs)
             except Exception as error:
@@ -601,7 +620,7 @@ class Retry(Policy):
                 return
             if delay > 0 and self._should_sleep():
                 self._clock.sleep(delay)
-            call.attempts += 1
+            self._begin_attempt(call)
             attempt = Attempt(call.attempts)
             yield attempt
             if attempt._succeeded(self._retry_if_result):
@@ -624,7 +643,7 @@ class Retry(Policy):
                 return
             if delay > 0 and self._should_sleep():
                 await self._clock.asleep(delay)
-            call.attempts += 1
+            self._begin_attempt(call)
             attempt = Attempt(call.attempts)
             yield attempt
             if attempt._succeeded(self._retry_if_result):
