@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._clock import Clock, SystemClock
 from ._policy import Policy
+from ._version import VERSION
 from .backoff import Backoff, Jitter
 from .classify import Classification, ErrorClass, classify, parse_retry_after
 from .errors import (
@@ -21,7 +22,7 @@ from .errors import (
 )
 from .retry import Attempt, Retry, RetryInfo, RetryStatistics, with_retry
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Attempt",

@@ -11,7 +11,10 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, overload
+
+if TYPE_CHECKING:
+    from .telemetry.otel import CallObserver
 
 __all__ = ["Policy", "is_async_callable"]
 
@@ -34,6 +37,8 @@ class Policy(ABC):
     __slots__ = ()
 
     name: str
+    kind: ClassVar[str] = "policy"
+    """What the policy is, for telemetry: ``retry``, ``circuit_breaker``…"""
 
     @abstractmethod
     def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -42,6 +47,22 @@ class Policy(ABC):
     @abstractmethod
     def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         """Return ``fn`` protected by this policy (``fn`` returns an awaitable)."""
+
+    def observer(self) -> CallObserver:
+        """The telemetry observer for a callable this policy decorates."""
+        from .telemetry.otel import CallObserver
+
+        return CallObserver(self.kind, self.name)
+
+    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """What the decorator returns for a sync ``fn``. Policies that report calls
+        to OpenTelemetry override it to build the protected callable with an
+        observer (see :class:`~resilience.telemetry.otel.CallObserver`)."""
+        return self.wrap_sync(fn)
+
+    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        """What the decorator returns for an async ``fn`` (see :meth:`decorate_sync`)."""
+        return self.wrap_async(fn)
 
     @overload
     def __call__(
@@ -54,7 +75,7 @@ class Policy(ABC):
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate ``fn``: sync functions stay sync, coroutine functions stay async."""
         wrapped: Callable[P, Any]
-        wrapped = self.wrap_async(fn) if is_async_callable(fn) else self.wrap_sync(fn)
+        wrapped = self.decorate_async(fn) if is_async_callable(fn) else self.decorate_sync(fn)
         functools.update_wrapper(wrapped, fn)
         wrapped.__dict__["policy"] = self  # reach the policy (and its statistics) from fn
         return wrapped

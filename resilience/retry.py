@@ -38,6 +38,7 @@ from .classify import Classification, ClassifierLike, ErrorClass, make_classifie
 from .errors import ConfigurationError
 from .telemetry._hub import HUB
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
+from .telemetry.otel import CallObserver, attempt_span, otel_metrics, otel_trace
 
 __all__ = [
     "Attempt",
@@ -185,6 +186,8 @@ class Retry(Policy):
 
     One ``Retry`` may serve any number of functions, threads and tasks at once.
     """
+
+    kind = "retry"
 
     __slots__ = (
         "__weakref__",
@@ -436,41 +439,66 @@ class Retry(Policy):
 
     # -- sync and async drivers -------------------------------------------------------
 
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return self.wrap_sync(fn, self.observer())
+
+    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return self.wrap_async(fn, self.observer())
+
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
         hit = self._fast_successes.__next__
         retry_rest = self._retry_rest_sync
         check = self._retry_if_result
         now = self._clock.now
-        # Read the clock up front only when a deadline needs it: the success path
-        # of a plain retry then costs one call and one counter tick.
-        if self._deadline is None and check is None:
+        simple = self._deadline is None and check is None
 
-            def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+        # One body, built twice: without an observer (what an observer calls
+        # inside its span) and with one. The test for an OpenTelemetry SDK is
+        # written inline because a function call would cost more than it does.
+        def build(observer: CallObserver | None) -> Callable[P, R]:
+            # Read the clock up front only when a deadline needs it: the success
+            # path of a plain retry then costs one call and one counter tick.
+            if simple:
+
+                def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+                    if observer is not None and (
+                        otel_trace._TRACER_PROVIDER is not None
+                        or otel_metrics._METER_PROVIDER is not None
+                    ):
+                        return observer.call_sync(unobserved, args, kwargs)
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        hit()
+                        return result
+                    return retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+
+                return retrying
+
+            def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
+                if observer is not None and (
+                    otel_trace._TRACER_PROVIDER is not None
+                    or otel_metrics._METER_PROVIDER is not None
+                ):
+                    return observer.call_sync(unobserved, args, kwargs)
+                start = now()
                 try:
                     result = fn(*args, **kwargs)
                 except Exception as exc:
                     failure = exc
                 else:
-                    hit()
-                    return result
-                return retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+                    if check is None or not check(result):
+                        hit()
+                        return result
+                    return retry_rest(fn, args, kwargs, None, result, start)
+                return retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
 
-            return retrying
+            return retrying_checked
 
-        def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-            start = now()
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            else:
-                if check is None or not check(result):
-                    hit()
-                    return result
-                return retry_rest(fn, args, kwargs, None, result, start)
-            return retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
-
-        return retrying_checked
+        unobserved = build(None)
+        return unobserved if observer is None else build(observer)
 
     def _retry_rest_sync(
         self,
@@ -494,7 +522,8 @@ class Retry(Policy):
                 sleep(delay)
             self._begin_attempt(call)
             try:
-                value = fn(*args, **kwargs)
+                with attempt_span(self.name, call.attempts):
+                    value = fn(*args, **kwargs)
             except Exception as error:
                 exc, result = error, _NO_RESULT
                 continue
@@ -504,39 +533,57 @@ class Retry(Policy):
                 return value
         return self._give_up(call, reason, exc, result)  # type: ignore[no-any-return]
 
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
         hit = self._fast_successes.__next__
         retry_rest = self._retry_rest_async
         check = self._retry_if_result
         now = self._clock.now
-        if self._deadline is None and check is None:
+        simple = self._deadline is None and check is None
 
-            async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+        def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
+            if simple:
+
+                async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+                    if observer is not None and (
+                        otel_trace._TRACER_PROVIDER is not None
+                        or otel_metrics._METER_PROVIDER is not None
+                    ):
+                        return await observer.call_async(unobserved, args, kwargs)
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        hit()
+                        return result
+                    return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+
+                return retrying
+
+            async def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
+                if observer is not None and (
+                    otel_trace._TRACER_PROVIDER is not None
+                    or otel_metrics._METER_PROVIDER is not None
+                ):
+                    return await observer.call_async(unobserved, args, kwargs)
+                start = now()
                 try:
                     result = await fn(*args, **kwargs)
                 except Exception as exc:
                     failure = exc
                 else:
-                    hit()
-                    return result
-                return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+                    if check is None or not check(result):
+                        hit()
+                        return result
+                    return await retry_rest(fn, args, kwargs, None, result, start)
+                return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
 
-            return retrying
+            return retrying_checked
 
-        async def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-            start = now()
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            else:
-                if check is None or not check(result):
-                    hit()
-                    return result
-                return await retry_rest(fn, args, kwargs, None, result, start)
-            return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
-
-        return retrying_checked
+        unobserved = build(None)
+        return unobserved if observer is None else build(observer)
 
     async def _retry_rest_async(
         self,
@@ -560,7 +607,8 @@ class Retry(Policy):
                 await asleep(delay)
             self._begin_attempt(call)
             try:
-                value = await fn(*args, **kwargs)
+                with attempt_span(self.name, call.attempts):
+                    value = await fn(*args, **kwargs)
             except Exception as error:
                 exc, result = error, _NO_RESULT
                 continue

@@ -1,0 +1,410 @@
+"""OpenTelemetry: a span per protected call, span events, and metrics.
+
+Nothing here runs unless an OpenTelemetry SDK is configured: every protected
+callable is built in two copies from one body, and the public copy starts with
+:func:`otel_configured`'s test written inline (two module attribute reads), so
+with no SDK the whole cost is that test. With an SDK the call goes through
+:meth:`CallObserver.call_sync` / :meth:`CallObserver.call_async`, which open the
+span, time the call and count its outcome around the unobserved copy.
+
+Names (spans, attributes, metrics) are documented in ``docs/telemetry.md``;
+attributes live in one ``resilience.*`` namespace, plus the OpenTelemetry
+conventions' ``error.type``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Protocol, TypeVar
+
+from opentelemetry import metrics as otel_metrics_api
+from opentelemetry import trace as otel_trace
+from opentelemetry.metrics import _internal as otel_metrics
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .._version import VERSION
+from ..errors import ResilienceError
+from ._hub import HUB
+from .events import (
+    BulkheadRejected,
+    CallRejected,
+    CircuitStateChanged,
+    Event,
+    FallbackUsed,
+    GaveUp,
+    RateLimitRejected,
+    RateLimitWaited,
+    RetryScheduled,
+    TimeoutExpired,
+    error_type_name,
+)
+from .redaction import get_redactor
+
+__all__ = [
+    "CallObserver",
+    "attempt_span",
+    "configure",
+    "otel_configured",
+    "otel_metrics",
+    "otel_trace",
+    "track_breaker",
+]
+
+R = TypeVar("R")
+
+_SCOPE = "resilience"
+
+
+def otel_configured() -> bool:
+    """Whether an OpenTelemetry SDK (tracer or meter provider) has been set.
+
+    Policies inline this same test in their protected callables
+    (``otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER
+    is not None``): OpenTelemetry's API offers no notification when a provider
+    is set, and a function call here would cost more than the whole budget.
+    """
+    return otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None
+
+
+class _Settings:
+    __slots__ = ("enabled", "key_attributes")
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.key_attributes = False
+
+
+_SETTINGS = _Settings()
+
+
+def configure(*, enabled: bool | None = None, key_attributes: bool | None = None) -> None:
+    """Turn the OpenTelemetry adapter off (``enabled=False``) even with an SDK, or
+    add rate-limiter keys to metric attributes (``key_attributes=True``: mind the
+    cardinality)."""
+    if enabled is not None:
+        _SETTINGS.enabled = enabled
+    if key_attributes is not None:
+        _SETTINGS.key_attributes = key_attributes
+
+
+# -- instruments, rebuilt whenever the global providers change ---------------------------
+
+
+class _StatefulPolicy(Protocol):
+    name: str
+
+    @property
+    def state(self) -> Any: ...
+
+
+_BREAKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_breaker(breaker: _StatefulPolicy) -> None:
+    """Report ``breaker.state`` through the ``resilience.circuit_breaker.state`` gauge."""
+    _BREAKERS.add(breaker)
+
+
+def _observe_breaker_states(options: Any) -> Iterator[Any]:
+    from opentelemetry.metrics import Observation
+
+    for breaker in list(_BREAKERS):
+        state = getattr(breaker.state, "value", str(breaker.state))
+        yield Observation(
+            1, {"resilience.policy.name": breaker.name, "resilience.circuit_breaker.state": state}
+        )
+
+
+class _Instruments:
+    """Every instrument the library records, from one meter."""
+
+    def __init__(self, meter: Any) -> None:
+        # One histogram is both the call count (its data points' count, by
+        # outcome) and the latency: one measurement per call, as OpenTelemetry's
+        # own HTTP conventions do with http.server.request.duration.
+        self.duration = meter.create_histogram(
+            "resilience.call.duration",
+            unit="s",
+            description="Protected calls: duration (all attempts and waits), count by outcome.",
+        )
+        self.retries = meter.create_counter(
+            "resilience.retry.retries", unit="{retry}", description="Retries scheduled."
+        )
+        self.give_ups = meter.create_counter(
+            "resilience.retry.give_ups",
+            unit="{call}",
+            description="Calls a retry gave up on.",
+        )
+        self.transitions = meter.create_counter(
+            "resilience.circuit_breaker.transitions",
+            unit="{transition}",
+            description="Circuit state changes, by new state.",
+        )
+        self.breaker_rejections = meter.create_counter(
+            "resilience.circuit_breaker.rejections",
+            unit="{call}",
+            description="Calls rejected by an open circuit.",
+        )
+        meter.create_observable_gauge(
+            "resilience.circuit_breaker.state",
+            callbacks=[_observe_breaker_states],
+            unit="1",
+            description="1 for each breaker's current state.",
+        )
+        self.acquisitions = meter.create_counter(
+            "resilience.rate_limiter.acquisitions",
+            unit="{acquisition}",
+            description="Rate-limiter acquisitions, by outcome (acquired, waited, rejected).",
+        )
+        self.wait = meter.create_histogram(
+            "resilience.rate_limiter.wait.duration",
+            unit="s",
+            description="Time callers waited for rate-limiter tokens.",
+        )
+        self.bulkhead_rejections = meter.create_counter(
+            "resilience.bulkhead.rejections",
+            unit="{call}",
+            description="Calls rejected by a full bulkhead.",
+        )
+        self.timeouts = meter.create_counter(
+            "resilience.timeout.expirations",
+            unit="{call}",
+            description="Calls that ran past their timeout.",
+        )
+        self.fallbacks = meter.create_counter(
+            "resilience.fallback.uses",
+            unit="{call}",
+            description="Calls answered by a fallback.",
+        )
+
+
+class _Providers:
+    """The tracer and instruments of the current global providers, cached."""
+
+    __slots__ = ("_instruments", "_lock", "_meter_provider", "_tracer", "_tracer_provider")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tracer_provider: Any = None
+        self._tracer: Any = None
+        self._meter_provider: Any = None
+        self._instruments: _Instruments | None = None
+
+    def tracer(self) -> Any:
+        provider = otel_trace.get_tracer_provider()
+        if provider is not self._tracer_provider:
+            with self._lock:
+                self._tracer = provider.get_tracer(_SCOPE, VERSION)
+                self._tracer_provider = provider
+        return self._tracer
+
+    def instruments(self) -> _Instruments:
+        provider = otel_metrics_api.get_meter_provider()
+        instruments = self._instruments
+        if provider is not self._meter_provider or instruments is None:
+            with self._lock:
+                instruments = _Instruments(provider.get_meter(_SCOPE, VERSION))
+                self._instruments = instruments
+                self._meter_provider = provider
+        return instruments
+
+
+_PROVIDERS = _Providers()
+
+
+# -- the per-call observer --------------------------------------------------------------
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, ResilienceError) and hasattr(error, "retry_after"):
+        return "rejected"  # refused by a breaker, limiter or bulkhead: it never ran
+    if not isinstance(error, Exception):
+        return "cancelled"
+    return "failure"
+
+
+def _record_error(span: Any, error: BaseException) -> str:
+    error_type = error_type_name(error) or "unknown"
+    redactor = get_redactor()
+    message = redactor.redact_text(str(error))
+    span.set_attribute("error.type", error_type)
+    span.add_event(
+        "exception",
+        {
+            "exception.type": error_type,
+            "exception.message": message,
+            # Tracebacks quote source lines and messages: redacted like the rest.
+            "exception.stacktrace": redactor.redact_text(
+                "".join(traceback.format_exception(error))
+            ),
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}"[:256]))
+    return error_type
+
+
+class CallObserver:
+    """Spans and metrics around one protected callable; built once, at decoration."""
+
+    __slots__ = ("_attributes", "_failure_attributes", "_span_name", "_success_attributes")
+
+    def __init__(self, kind: str, name: str) -> None:
+        self._span_name = f"{kind} {name}"
+        self._attributes = {"resilience.policy.kind": kind, "resilience.policy.name": name}
+        # Attribute sets are built once and reused: the SDK hashes them per measurement.
+        self._success_attributes = self._attributes | {"resilience.outcome": "success"}
+        self._failure_attributes: dict[tuple[str, str], dict[str, str]] = {}
+
+    def _start(self) -> AbstractContextManager[Any]:
+        return _PROVIDERS.tracer().start_as_current_span(  # type: ignore[no-any-return]
+            self._span_name,
+            kind=SpanKind.INTERNAL,
+            attributes=self._attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _finish(self, started: float, outcome: str, error_type: str | None) -> None:
+        if otel_metrics._METER_PROVIDER is None:
+            return
+        if error_type is None or outcome == "success":
+            attributes = self._success_attributes
+        else:
+            key = (outcome, error_type)
+            attributes = self._failure_attributes.get(key) or self._remember(key)
+        _PROVIDERS.instruments().duration.record(time.perf_counter() - started, attributes)
+
+    def _remember(self, key: tuple[str, str]) -> dict[str, str]:
+        attributes = self._attributes | {"resilience.outcome": key[0], "error.type": key[1]}
+        if len(self._failure_attributes) < 64:  # error types are few; bound them anyway
+            self._failure_attributes[key] = attributes
+        return attributes
+
+    def call_sync(self, raw: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        if not _SETTINGS.enabled:
+            return raw(*args, **kwargs)
+        started = time.perf_counter()
+        outcome, error_type = "success", None
+        try:
+            with self._start() as span:
+                try:
+                    return raw(*args, **kwargs)
+                except BaseException as error:
+                    outcome, error_type = self._failed(span, error)
+                    raise
+        finally:
+            # Measured after the span has ended: inside it, the SDK would offer
+            # every measurement as an exemplar, which costs as much as the span.
+            self._finish(started, outcome, error_type)
+
+    async def call_async(
+        self, raw: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        if not _SETTINGS.enabled:
+            return await raw(*args, **kwargs)
+        started = time.perf_counter()
+        outcome, error_type = "success", None
+        try:
+            with self._start() as span:
+                try:
+                    return await raw(*args, **kwargs)
+                except BaseException as error:
+                    outcome, error_type = self._failed(span, error)
+                    raise
+        finally:
+            self._finish(started, outcome, error_type)
+
+    @staticmethod
+    def _failed(span: Any, error: BaseException) -> tuple[str, str]:
+        outcome = _outcome(error)
+        span.set_attribute("resilience.outcome", outcome)
+        return outcome, _record_error(span, error)
+
+
+@contextmanager
+def _attempt_span(policy: str, attempt: int) -> Iterator[None]:
+    tracer = _PROVIDERS.tracer()
+    with tracer.start_as_current_span(
+        f"retry {policy} attempt",
+        kind=SpanKind.INTERNAL,
+        attributes={"resilience.policy.name": policy, "resilience.retry.attempt": attempt},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except BaseException as error:
+            _record_error(span, error)
+            raise
+
+
+_NO_SPAN = nullcontext()
+
+
+def attempt_span(policy: str, attempt: int) -> AbstractContextManager[None]:
+    """A child span for retry attempt ``attempt`` (2 and up), if tracing is on."""
+    if otel_trace._TRACER_PROVIDER is None or not _SETTINGS.enabled:
+        return _NO_SPAN
+    return _attempt_span(policy, attempt)
+
+
+# -- events: span events on the current span, and metrics --------------------------------
+
+
+def _span_attributes(event: Event) -> dict[str, Any]:
+    from .logs import event_fields
+
+    attributes: dict[str, Any] = {}
+    for key, value in event_fields(event).items():
+        if key == "event":
+            continue
+        if key.startswith("error."):
+            attributes[key] = value
+        elif isinstance(value, str | bool | int | float):
+            attributes[f"resilience.{key}"] = value
+    return attributes
+
+
+def _record_event_metrics(event: Event, instruments: _Instruments) -> None:
+    base = {"resilience.policy.name": event.policy}
+    if isinstance(event, RetryScheduled):
+        instruments.retries.add(1, base | {"error.type": event.error_type or "result"})
+    elif isinstance(event, GaveUp):
+        instruments.give_ups.add(1, base | {"resilience.retry.reason": event.reason})
+    elif isinstance(event, CircuitStateChanged):
+        instruments.transitions.add(1, base | {"resilience.circuit_breaker.state": event.new_state})
+    elif isinstance(event, CallRejected):
+        instruments.breaker_rejections.add(1, base)
+    elif isinstance(event, RateLimitWaited | RateLimitRejected):
+        attributes = dict(base)
+        if _SETTINGS.key_attributes and event.key is not None:
+            attributes["resilience.rate_limiter.key"] = event.key
+        if isinstance(event, RateLimitWaited):
+            instruments.acquisitions.add(1, attributes | {"resilience.outcome": "waited"})
+            instruments.wait.record(event.wait, attributes)
+        else:
+            instruments.acquisitions.add(1, attributes | {"resilience.outcome": "rejected"})
+    elif isinstance(event, BulkheadRejected):
+        instruments.bulkhead_rejections.add(1, base | {"resilience.bulkhead.reason": event.reason})
+    elif isinstance(event, TimeoutExpired):
+        instruments.timeouts.add(1, base)
+    elif isinstance(event, FallbackUsed):
+        instruments.fallbacks.add(1, base | {"resilience.fallback.stale": event.stale})
+
+
+def _on_event(event: Event) -> None:
+    if not _SETTINGS.enabled or not otel_configured():
+        return
+    span = otel_trace.get_current_span()
+    if span.is_recording():
+        span.add_event(event.name, _span_attributes(event))
+    if otel_metrics._METER_PROVIDER is not None:
+        _record_event_metrics(event, _PROVIDERS.instruments())
+
+
+_unsubscribe_otel = HUB.subscribe(_on_event)

@@ -1,0 +1,152 @@
+"""OpenTelemetry spans, span events and metrics, with the real SDK (in-memory)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
+
+import resilience as rs
+from resilience.telemetry import otel as rs_otel
+from resilience.testing import FakeClock
+
+from .conftest import OTel
+
+
+def failing_then(value: Any, failures: int, error: type[Exception] = ConnectionError) -> Any:
+    state = {"n": 0}
+
+    def op() -> Any:
+        state["n"] += 1
+        if state["n"] <= failures:
+            raise error("password=hunter2 at db")
+        return value
+
+    return op
+
+
+def test_a_call_makes_one_span_with_policy_attributes(otel: OTel) -> None:
+    fetch = rs.Retry(attempts=3, name="fetch")(lambda: 42)
+    assert fetch() == 42
+    (span,) = otel.spans.get_finished_spans()
+    assert span.name == "retry fetch"
+    assert span.attributes is not None
+    assert span.attributes["resilience.policy.kind"] == "retry"
+    assert span.attributes["resilience.policy.name"] == "fetch"
+    assert (
+        "resilience.outcome" not in span.attributes
+    )  # success: status UNSET, as the conventions have it
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_retries_make_child_spans_and_span_events(otel: OTel) -> None:
+    clock = FakeClock()
+    retry = rs.Retry(attempts=3, backoff=rs.Backoff.constant(1), clock=clock, name="db")
+    assert retry(failing_then("ok", 2))() == "ok"
+    spans = otel.spans.get_finished_spans()
+    parent = next(s for s in spans if s.name == "retry db")
+    children = [s for s in spans if s.name == "retry db attempt"]
+    assert [c.attributes["resilience.retry.attempt"] for c in children] == [2, 3]  # type: ignore[index]
+    assert all(
+        c.parent is not None and c.parent.span_id == parent.context.span_id for c in children
+    )
+    assert children[0].status.status_code is StatusCode.ERROR
+    scheduled = [e for e in parent.events if e.name == "retry.scheduled"]
+    assert len(scheduled) == 2
+    assert scheduled[0].attributes["resilience.delay"] == 1  # type: ignore[index]
+    assert scheduled[0].attributes["error.type"] == "ConnectionError"  # type: ignore[index]
+
+
+def test_a_failed_call_records_the_exception_by_the_conventions(otel: OTel) -> None:
+    retry = rs.Retry(attempts=2, backoff=rs.Backoff.constant(0), name="pay")
+    with pytest.raises(ConnectionError):
+        retry(failing_then("never", 5))()
+    parent = next(s for s in otel.spans.get_finished_spans() if s.name == "retry pay")
+    assert parent.status.status_code is StatusCode.ERROR
+    assert parent.attributes["error.type"] == "ConnectionError"  # type: ignore[index]
+    assert parent.attributes["resilience.outcome"] == "failure"  # type: ignore[index]
+    (exception,) = [e for e in parent.events if e.name == "exception"]
+    assert exception.attributes["exception.type"] == "ConnectionError"  # type: ignore[index]
+    assert "hunter2" not in str(exception.attributes)
+    assert "hunter2" not in (parent.status.description or "")
+    assert any(e.name == "retry.gave_up" for e in parent.events)
+
+
+def test_metrics_count_calls_attempts_retries_and_give_ups(otel: OTel) -> None:
+    retry = rs.Retry(attempts=3, backoff=rs.Backoff.constant(0), name="m")
+    ok = retry(lambda: 1)
+    flaky = retry(failing_then(1, 1))
+    broken = retry(failing_then(1, 10))
+    ok()
+    ok()
+    flaky()
+    with pytest.raises(ConnectionError):
+        broken()
+
+    def points(name: str, **match: Any) -> list[Any]:
+        return [
+            p
+            for p in otel.points(name)
+            if all(p.attributes.get(k) == v for k, v in match.items())  # type: ignore[attr-defined]
+        ]
+
+    def calls(outcome: str) -> int:
+        # The duration histogram is also the call count, by outcome.
+        return sum(
+            p.count for p in points("resilience.call.duration", **{"resilience.outcome": outcome})
+        )
+
+    assert calls("success") == 3
+    assert calls("failure") == 1
+    (failure,) = points("resilience.call.duration", **{"resilience.outcome": "failure"})
+    assert failure.attributes["error.type"] == "ConnectionError"
+    assert sum(p.value for p in points("resilience.retry.retries")) == 1 + 2
+    give_ups = points("resilience.retry.give_ups", **{"resilience.retry.reason": "attempts"})
+    assert sum(p.value for p in give_ups) == 1
+
+
+async def test_async_calls_make_spans_too(otel: OTel) -> None:
+    clock = FakeClock()
+    op = failing_then("ok", 1, TimeoutError)
+
+    @rs.Retry(attempts=2, backoff=rs.Backoff.constant(0.5), clock=clock, name="afetch")
+    async def fetch() -> str:
+        return op()  # type: ignore[no-any-return]
+
+    assert await fetch() == "ok"
+    names = sorted(s.name for s in otel.spans.get_finished_spans())
+    assert names == ["retry afetch", "retry afetch attempt"]
+
+
+def test_spans_nest_under_the_callers_span(otel: OTel) -> None:
+    tracer = trace.get_tracer("app")
+    fetch = rs.Retry(name="inner")(lambda: 1)
+    with tracer.start_as_current_span("request") as outer:
+        fetch()
+    inner = next(s for s in otel.spans.get_finished_spans() if s.name == "retry inner")
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer.get_span_context().span_id
+
+
+def test_adapter_can_be_turned_off(otel: OTel) -> None:
+    rs_otel.configure(enabled=False)
+    try:
+        rs.Retry(name="quiet")(lambda: 1)()
+    finally:
+        rs_otel.configure(enabled=True)
+    assert otel.spans.get_finished_spans() == ()
+
+
+def test_without_an_sdk_nothing_is_recorded() -> None:
+    code = (
+        "import resilience as rs\n"
+        "from resilience.telemetry.otel import otel_configured\n"
+        "assert not otel_configured()\n"
+        "f = rs.Retry(attempts=2, backoff=rs.Backoff.constant(0))(lambda: 7)\n"
+        "assert f() == 7\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
