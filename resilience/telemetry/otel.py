@@ -120,6 +120,11 @@ def _observe_breaker_states(options: Any) -> Iterator[Any]:
         )
 
 
+# OpenTelemetry's semantic conventions advise these for durations in seconds;
+# the SDK's default buckets are meant for milliseconds.
+_SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+
+
 class _Instruments:
     """Every instrument the library records, from one meter."""
 
@@ -131,6 +136,7 @@ class _Instruments:
             "resilience.call.duration",
             unit="s",
             description="Protected calls: duration (all attempts and waits), count by outcome.",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
         )
         self.retries = meter.create_counter(
             "resilience.retry.retries", unit="{retry}", description="Retries scheduled."
@@ -153,7 +159,7 @@ class _Instruments:
         meter.create_observable_gauge(
             "resilience.circuit_breaker.state",
             callbacks=[_observe_breaker_states],
-            unit="1",
+            unit="{state}",
             description="1 for each breaker's current state.",
         )
         self.acquisitions = meter.create_counter(
@@ -165,6 +171,7 @@ class _Instruments:
             "resilience.rate_limiter.wait.duration",
             unit="s",
             description="Time callers waited for rate-limiter tokens.",
+            explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
         )
         self.bulkhead_rejections = meter.create_counter(
             "resilience.bulkhead.rejections",
