@@ -150,3 +150,34 @@ def test_without_an_sdk_nothing_is_recorded() -> None:
         "assert f() == 7\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_breaker_spans_rejections_transitions_and_state_gauge(otel: OTel) -> None:
+    clock = FakeClock()
+    breaker = rs.CircuitBreaker("payments", failure_threshold=2, break_duration=10, clock=clock)
+    charge = breaker(failing_then("paid", 10))
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            charge()
+    assert breaker.state is rs.CircuitState.OPEN
+    with pytest.raises(rs.CircuitOpenError):
+        charge()
+    spans = [s for s in otel.spans.get_finished_spans() if s.name == "circuit_breaker payments"]
+    assert len(spans) == 3
+    rejected = spans[-1]
+    assert rejected.attributes["resilience.outcome"] == "rejected"  # type: ignore[index]
+    assert any(e.name == "circuit_breaker.rejected" for e in rejected.events)
+    opened = [e for e in spans[1].events if e.name == "circuit_breaker.state_changed"]
+    assert opened[0].attributes["resilience.new_state"] == "open"  # type: ignore[index]
+
+    transitions = otel.points("resilience.circuit_breaker.transitions")
+    assert sum(p.value for p in transitions) == 1  # type: ignore[attr-defined]
+    states = [
+        p.attributes  # type: ignore[attr-defined]
+        for p in otel.points("resilience.circuit_breaker.state")
+        if p.attributes["resilience.policy.name"] == "payments"  # type: ignore[attr-defined]
+    ]
+    assert states == [
+        {"resilience.policy.name": "payments", "resilience.circuit_breaker.state": "open"}
+    ]
+    assert sum(p.value for p in otel.points("resilience.circuit_breaker.rejections")) == 1  # type: ignore[attr-defined]
