@@ -45,9 +45,21 @@ def test_help_lists_the_demo() -> None:
 
 def test_demo_runs_on_a_small_workload() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "resilience", "demo", "--requests", "40", "--workers", "4",
-         "--quiet"],
-        capture_output=True, text=True, check=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "resilience",
+            "demo",
+            "--requests",
+            "40",
+            "--workers",
+            "4",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     assert "| with resilience" in out
     assert "Retry statistics" in out
