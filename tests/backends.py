@@ -1,0 +1,52 @@
+"""Reaching the real Redis and PostgreSQL servers the backend tests use.
+
+On a machine without them, backend tests skip with the reason; with
+``RESILIENCE_REQUIRE_BACKENDS=1`` (CI sets it) a missing server fails instead.
+Override the addresses with ``RESILIENCE_TEST_REDIS_URL`` and
+``RESILIENCE_TEST_POSTGRES_DSN``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+
+REDIS_URL = os.environ.get("RESILIENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_DSN = os.environ.get(
+    "RESILIENCE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REQUIRED = os.environ.get("RESILIENCE_REQUIRE_BACKENDS") == "1"
+
+
+def _reachable(url: str, default_port: int) -> str | None:
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return None
+    except OSError as error:
+        return f"no server at {host}:{port} ({error})"
+
+
+def require(url: str, default_port: int, what: str) -> None:
+    """Skip the calling test (or fail, when backends are required) if ``url`` is down."""
+    problem = _reachable(url, default_port)
+    if problem is None:
+        return
+    message = f"{what} backend tests need a server: {problem}"
+    if REQUIRED:
+        pytest.fail(f"{message} (RESILIENCE_REQUIRE_BACKENDS=1)")
+    pytest.skip(message)
+
+
+def require_redis() -> str:
+    require(REDIS_URL, 6379, "Redis")
+    return REDIS_URL
+
+
+def require_postgres() -> str:
+    require(POSTGRES_DSN, 5432, "PostgreSQL")
+    return POSTGRES_DSN
