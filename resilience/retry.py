@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
 from pydantic import Field, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._deadline import DEADLINE
+from ._deadline import remaining_time
 from ._policy import Policy
 from ._testing_mode import TESTING_MODE
 from ._validation import OptionsModel, PositiveSeconds, build_options
@@ -372,8 +372,8 @@ class Retry(Policy):
             if elapsed + delay > self._deadline:
                 raise _GiveUp("deadline")
         # An enclosing Timeout's deadline: never sleep into it (no time would be left).
-        ambient = DEADLINE.get()
-        if ambient is not None and delay >= ambient.remaining():
+        left = remaining_time()
+        if left is not None and delay >= left:
             raise _GiveUp("deadline")
         call.previous_delay = delay
         next(self._retries)

@@ -1,0 +1,455 @@
+"""Fallback: answer something useful when the protected call fails.
+
+Two policies:
+
+* :class:`Fallback` returns a fixed ``value``, or what ``handler(exc)`` returns
+  (an async handler is awaited in async code). The result type is unchanged.
+* :class:`CachedFallback` (``Fallback.cached(max_age=...)``) remembers the last
+  successful result per function and arguments, and serves it when a call
+  fails, for "cached data with a staleness badge". It always returns a
+  :class:`Cached` wrapper so that the caller cannot miss staleness:
+  ``.value``, ``.stale``, ``.age`` (seconds since it was fetched) and
+  ``.error`` (why the fresh call failed). Put it outermost in a pipeline.
+
+Both act on the errors chosen by ``on``: error classes, exception types, or a
+predicate. By default every error except a PERMANENT one (programming errors,
+4xx): a fallback should hide an unavailable dependency, not a bug.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, ParamSpec, TypeVar, cast
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._policy import Policy
+from ._validation import OptionsModel, PositiveSeconds, build_options
+from .classify import ErrorClass, classify
+from .telemetry._hub import HUB
+from .telemetry.events import FallbackUsed
+
+__all__ = [
+    "Cached",
+    "CachedFallback",
+    "CachedFallbackOptions",
+    "Fallback",
+    "FallbackOn",
+    "FallbackOptions",
+    "FallbackStatistics",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+FallbackOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool]
+"""What ``on=`` accepts: error classes, exception types, or a predicate."""
+
+_UNSET: Any = object()
+
+
+def _normalise_on(value: Any) -> Any:
+    """Normalise ``on`` to ``None``, a predicate, or a tuple of classes and types."""
+    if value is None or (callable(value) and not isinstance(value, type)):
+        return value
+    if isinstance(value, str | ErrorClass | type):
+        value = [value]
+    if not isinstance(value, Iterable):
+        raise ValueError(f"expected error classes, exception types or a predicate; got {value!r}")
+    items: list[ErrorClass | type[BaseException]] = []
+    for item in value:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            items.append(item)
+            continue
+        try:
+            items.append(ErrorClass(item))
+        except ValueError:
+            raise ValueError(
+                f"expected error classes ({', '.join(c.value for c in ErrorClass)}), "
+                f"exception types or a predicate; got {item!r}"
+            ) from None
+    return tuple(items)
+
+
+def _report(name: str, exc: BaseException, stale: bool) -> None:
+    HUB.emit(FallbackUsed(name, classify(exc).error_class.value, exc, stale))
+
+
+def _handles(on: Any) -> Callable[[BaseException], bool]:
+    if on is None:
+        permanent = ErrorClass.PERMANENT
+        return lambda exc: classify(exc).error_class is not permanent
+    if callable(on):
+        predicate: Callable[[BaseException], bool] = on
+        return lambda exc: bool(predicate(exc))
+    classes = frozenset(item for item in on if isinstance(item, ErrorClass))
+    types = tuple(item for item in on if isinstance(item, type))
+    if not classes:
+        return lambda exc: isinstance(exc, types)
+    return lambda exc: isinstance(exc, types) or classify(exc).error_class in classes
+
+
+class FallbackOptions(OptionsModel):
+    """Validated options of a :class:`Fallback`: ``value`` or ``handler``, not both."""
+
+    value: Any = None
+    handler: Callable[[BaseException], Any] | None = None
+    on: Any = None
+    name: Annotated[str, Field(min_length=1)] = "fallback"
+
+    @field_validator("on")
+    @classmethod
+    def _check_on(cls, value: Any) -> Any:
+        return _normalise_on(value)
+
+    @field_validator("handler")
+    @classmethod
+    def _value_or_handler(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("value") is not None:
+            raise ValueError("give a value or a handler, not both")
+        return value
+
+
+class CachedFallbackOptions(OptionsModel):
+    """Validated options of a :class:`CachedFallback`."""
+
+    max_age: PositiveSeconds
+    on: Any = None
+    key: Callable[..., Hashable] | None = None
+    max_entries: Annotated[int, Field(ge=1)] = 1024
+    name: Annotated[str, Field(min_length=1)] = "cached_fallback"
+    clock: Clock = SYSTEM_CLOCK
+
+    @field_validator("on")
+    @classmethod
+    def _check_on(cls, value: Any) -> Any:
+        return _normalise_on(value)
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackStatistics:
+    """Counts kept by a fallback policy since it was built."""
+
+    name: str
+    calls: int
+    failures: int
+    """Calls that failed with an error the fallback handles."""
+    fallbacks: int
+    """Of those, the ones it answered (a cached fallback may have nothing young enough)."""
+
+
+def _counter_value(counter: itertools.count[int]) -> int:
+    # itertools.count is advanced atomically under the GIL; its repr holds its value.
+    return int(repr(counter)[6:-1])
+
+
+class _Counts:
+    __slots__ = ("calls", "failures", "fallbacks")
+
+    def __init__(self) -> None:
+        self.calls = itertools.count()
+        self.failures = itertools.count()
+        self.fallbacks = itertools.count()
+
+    def statistics(self, name: str) -> FallbackStatistics:
+        return FallbackStatistics(
+            name=name,
+            calls=_counter_value(self.calls),
+            failures=_counter_value(self.failures),
+            fallbacks=_counter_value(self.fallbacks),
+        )
+
+
+class Fallback(Policy):
+    """On a handled error, return ``value`` or ``handler(exc)`` instead of raising.
+
+    ``Fallback(value)``, ``Fallback(handler=fn)``; ``on=`` chooses the errors.
+    See :meth:`cached` for the cached-last-good mode.
+    """
+
+    kind = "fallback"
+
+    __slots__ = ("__weakref__", "_counts", "_handler", "_handles", "_value", "name", "options")
+
+    def __init__(
+        self,
+        value: Any = _UNSET,
+        *,
+        handler: Callable[[BaseException], Any] | None = None,
+        on: FallbackOn | None = None,
+        name: str = "fallback",
+    ) -> None:
+        options = build_options(
+            FallbackOptions,
+            f"Fallback {name!r}",
+            value=None if value is _UNSET else value,
+            handler=handler,
+            on=on,
+            name=name,
+        )
+        self._configure(options)
+
+    @classmethod
+    def from_options(cls, options: FallbackOptions) -> Fallback:
+        """Build a fallback from already-validated options."""
+        fallback = cls.__new__(cls)
+        fallback._configure(options)
+        return fallback
+
+    def _configure(self, options: FallbackOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self._value = options.value
+        self._handler = options.handler
+        self._handles = _handles(options.on)
+        self._counts = _Counts()
+
+    @staticmethod
+    def cached(
+        max_age: float | Any,
+        *,
+        on: FallbackOn | None = None,
+        key: Callable[..., Hashable] | None = None,
+        max_entries: int = 1024,
+        name: str = "cached_fallback",
+        clock: Clock | None = None,
+    ) -> CachedFallback:
+        """Serve the last good result (at most ``max_age`` seconds old) on failure.
+
+        See :class:`CachedFallback`.
+        """
+        return CachedFallback(
+            max_age, on=on, key=key, max_entries=max_entries, name=name, clock=clock
+        )
+
+    @property
+    def statistics(self) -> FallbackStatistics:
+        return self._counts.statistics(self.name)
+
+    def _substitute(self, exc: Exception) -> Any:
+        next(self._counts.fallbacks)
+        if HUB.active:
+            _report(self.name, exc, stale=False)
+        return self._value if self._handler is None else self._handler(exc)
+
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        handles, substitute, counts = self._handles, self._substitute, self._counts
+        tick = counts.calls.__next__
+
+        def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
+            tick()
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not handles(exc):
+                    raise
+                next(counts.failures)
+                return cast(R, substitute(exc))
+
+        return with_fallback
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        handles, substitute, counts = self._handles, self._substitute, self._counts
+        tick = counts.calls.__next__
+
+        async def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
+            tick()
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                if not handles(exc):
+                    raise
+                next(counts.failures)
+                result = substitute(exc)
+                if inspect.isawaitable(result):
+                    result = await result
+                return cast(R, result)
+
+        return with_fallback
+
+    def __repr__(self) -> str:
+        what = f"handler={self._handler!r}" if self._handler else f"value={self._value!r}"
+        return f"Fallback({what}, name={self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Cached(Generic[T]):
+    """What a :class:`CachedFallback` returns: a value, and how fresh it is."""
+
+    value: T
+    stale: bool = False
+    """True when the fresh call failed and this is an earlier result."""
+    age: float = 0.0
+    """Seconds since the value was fetched (0.0 when fresh)."""
+    error: BaseException | None = None
+    """The error of the failed fresh call, when ``stale``."""
+
+
+def _default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+    return (args, tuple(sorted(kwargs.items()))) if kwargs else args
+
+
+class CachedFallback(Policy):
+    """Remember each good result; on a handled error serve the last one younger than
+    ``max_age`` seconds, marked stale. With nothing young enough, the error propagates.
+
+    Results are kept per decorated function and per arguments (``key(*args,
+    **kwargs)`` if given; unhashable arguments are not cached), at most
+    ``max_entries`` of them, least recently stored first out. Every call returns
+    a :class:`Cached`, fresh or stale.
+    """
+
+    kind = "cached_fallback"
+
+    __slots__ = (
+        "__weakref__",
+        "_cache",
+        "_clock",
+        "_counts",
+        "_handles",
+        "_key",
+        "_lock",
+        "_max_age",
+        "_max_entries",
+        "name",
+        "options",
+    )
+
+    def __init__(
+        self,
+        max_age: float | Any,
+        *,
+        on: FallbackOn | None = None,
+        key: Callable[..., Hashable] | None = None,
+        max_entries: int = 1024,
+        name: str = "cached_fallback",
+        clock: Clock | None = None,
+    ) -> None:
+        options = build_options(
+            CachedFallbackOptions,
+            f"CachedFallback {name!r}",
+            max_age=max_age,
+            on=on,
+            key=key,
+            max_entries=max_entries,
+            name=name,
+            clock=SYSTEM_CLOCK if clock is None else clock,
+        )
+        self._configure(options)
+
+    @classmethod
+    def from_options(cls, options: CachedFallbackOptions) -> CachedFallback:
+        """Build a cached fallback from already-validated options."""
+        fallback = cls.__new__(cls)
+        fallback._configure(options)
+        return fallback
+
+    def _configure(self, options: CachedFallbackOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self._max_age = options.max_age
+        self._max_entries = options.max_entries
+        self._key = options.key
+        self._clock = options.clock
+        self._handles = _handles(options.on)
+        self._cache: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._counts = _Counts()
+
+    @property
+    def statistics(self) -> FallbackStatistics:
+        return self._counts.statistics(self.name)
+
+    def clear(self) -> None:
+        """Forget every remembered result."""
+        with self._lock:
+            self._cache.clear()
+
+    def _cache_key(self, fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        key = _default_key(args, kwargs) if self._key is None else self._key(*args, **kwargs)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return (fn, key)
+
+    def _store(self, key: Hashable, value: Any) -> None:
+        if key is None:
+            return
+        with self._lock:
+            cache = self._cache
+            cache[key] = (self._clock.now(), value)
+            cache.move_to_end(key)
+            if len(cache) > self._max_entries:
+                cache.popitem(last=False)
+
+    def _serve(self, key: Hashable, exc: Exception) -> Cached[Any] | None:
+        next(self._counts.failures)
+        if key is None:
+            return None
+        now = self._clock.now()
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            age = now - entry[0]
+            if age > self._max_age:
+                del self._cache[key]  # too old to ever serve again
+                return None
+        next(self._counts.fallbacks)
+        if HUB.active:
+            _report(self.name, exc, stale=True)
+        return Cached(entry[1], stale=True, age=age, error=exc)
+
+    # Wrapping changes the result type to Cached[R]: the Policy signature cannot say so.
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, Any]:
+        key_of, store, serve, handles = self._cache_key, self._store, self._serve, self._handles
+        tick = self._counts.calls.__next__
+
+        def with_cache(*args: P.args, **kwargs: P.kwargs) -> Cached[R]:
+            tick()
+            key = key_of(fn, args, kwargs)
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as exc:
+                if not handles(exc):
+                    raise
+                cached = serve(key, exc)
+                if cached is None:
+                    raise
+                return cached
+            store(key, value)
+            return Cached(value)
+
+        return with_cache
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, Any]]:
+        key_of, store, serve, handles = self._cache_key, self._store, self._serve, self._handles
+        tick = self._counts.calls.__next__
+
+        async def with_cache(*args: P.args, **kwargs: P.kwargs) -> Cached[R]:
+            tick()
+            key = key_of(fn, args, kwargs)
+            try:
+                value = await fn(*args, **kwargs)
+            except Exception as exc:
+                if not handles(exc):
+                    raise
+                cached = serve(key, exc)
+                if cached is None:
+                    raise
+                return cached
+            store(key, value)
+            return Cached(value)
+
+        return with_cache
+
+    def __repr__(self) -> str:
+        return f"CachedFallback(max_age={self._max_age!r}, name={self.name!r})"

@@ -1,0 +1,268 @@
+"""Timeout: bound how long a call may take.
+
+* Async code: the call is cancelled (asyncio cancellation, ``asyncio.timeout``)
+  when the time is up, and :class:`~resilience.TimeoutExceeded` is raised.
+* Sync code, ``mode="cooperative"`` (the default): Python cannot interrupt a
+  running function, so the timeout sets a deadline that flows inward. A retry
+  inside never sleeps past it, a bulkhead never queues past it, and the callee
+  reads :func:`~resilience.remaining_time` (to pass on as a socket or HTTP
+  timeout) or calls :func:`~resilience.check_deadline`. A call that returns or
+  fails after the deadline raises ``TimeoutExceeded`` all the same, so callers
+  see the same outcome in every mode; only *when* they get control back differs.
+* Sync code, ``mode="thread"``: the call runs in a worker thread and the caller
+  stops waiting at the deadline. The thread cannot be stopped and keeps
+  running to the end; its result is dropped and a warning is logged.
+
+In every mode the budget is bounded by an enclosing ``Timeout``'s deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+from pydantic import Field
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._deadline import DEADLINE, RawDeadline, tighter
+from ._policy import Policy
+from ._validation import OptionsModel, PositiveSeconds, build_options
+from .errors import TimeoutExceeded
+from .telemetry._hub import HUB
+from .telemetry.events import TimeoutExpired
+
+__all__ = ["Timeout", "TimeoutMode", "TimeoutOptions", "TimeoutStatistics"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TimeoutMode = Literal["cooperative", "thread"]
+
+_log = logging.getLogger("resilience.timeout")
+
+
+class TimeoutOptions(OptionsModel):
+    """Validated options of a :class:`Timeout`."""
+
+    seconds: PositiveSeconds
+    mode: TimeoutMode = "cooperative"
+    name: Annotated[str, Field(min_length=1)] = "timeout"
+    clock: Clock = SYSTEM_CLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutStatistics:
+    """Counts kept by one :class:`Timeout` over all its calls."""
+
+    name: str
+    seconds: float
+    calls: int
+    timeouts: int
+    abandoned_threads: int
+
+
+def _counter_value(counter: itertools.count[int]) -> int:
+    # itertools.count is advanced atomically under the GIL; its repr holds its value.
+    return int(repr(counter)[6:-1])
+
+
+class Timeout(Policy):
+    """Bound a call to ``seconds`` (a float or ``timedelta``); see the module docs."""
+
+    kind = "timeout"
+
+    __slots__ = (
+        "__weakref__",
+        "_abandoned",
+        "_calls",
+        "_clock",
+        "_seconds",
+        "_timeouts",
+        "mode",
+        "name",
+        "options",
+    )
+
+    def __init__(
+        self,
+        seconds: float | Any,
+        *,
+        mode: TimeoutMode = "cooperative",
+        name: str = "timeout",
+        clock: Clock | None = None,
+    ) -> None:
+        options = build_options(
+            TimeoutOptions,
+            f"Timeout {name!r}",
+            seconds=seconds,
+            mode=mode,
+            name=name,
+            clock=SYSTEM_CLOCK if clock is None else clock,
+        )
+        self._configure(options)
+
+    @classmethod
+    def from_options(cls, options: TimeoutOptions) -> Timeout:
+        """Build a timeout from already-validated options."""
+        timeout = cls.__new__(cls)
+        timeout._configure(options)
+        return timeout
+
+    def _configure(self, options: TimeoutOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self.mode = options.mode
+        self._seconds = options.seconds
+        self._clock = options.clock
+        self._calls = itertools.count()
+        self._timeouts = itertools.count()
+        self._abandoned = itertools.count()
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
+
+    @property
+    def statistics(self) -> TimeoutStatistics:
+        return TimeoutStatistics(
+            name=self.name,
+            seconds=self._seconds,
+            calls=_counter_value(self._calls),
+            timeouts=_counter_value(self._timeouts),
+            abandoned_threads=_counter_value(self._abandoned),
+        )
+
+    def _count_timeout(self, seconds: float) -> None:
+        next(self._timeouts)
+        if HUB.active:
+            HUB.emit(TimeoutExpired(self.name, seconds))
+
+    def _passed_through(self, deadline: RawDeadline) -> None:
+        """A ``TimeoutExceeded`` from inside (``check_deadline``, an inner timeout):
+        it is ours too if our deadline has passed."""
+        if deadline[1].now() >= deadline[0]:
+            self._count_timeout(deadline[3])
+
+    def _expired(self, seconds: float, cause: BaseException | None = None) -> TimeoutExceeded:
+        self._count_timeout(seconds)
+        error = TimeoutExceeded(self.name, seconds)
+        error.__cause__ = cause
+        return error
+
+    # -- sync -----------------------------------------------------------------------
+
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if self.mode == "thread":
+            return self._wrap_thread(fn)
+        seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
+        expired, passed_through = self._expired, self._passed_through
+        now, get = clock.now, DEADLINE.get
+
+        def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+            tick()
+            start = now()
+            # No enclosing deadline is the common case: build ours inline.
+            if get() is None:
+                deadline: RawDeadline = (start + seconds, clock, name, seconds)
+            else:
+                deadline = tighter(start, seconds, clock, name)
+            token = DEADLINE.set(deadline)
+            try:
+                result = fn(*args, **kwargs)
+            except TimeoutExceeded:
+                passed_through(deadline)
+                raise
+            except Exception as exc:
+                if clock.now() > deadline[0]:
+                    raise expired(deadline[3], exc) from exc
+                raise
+            finally:
+                DEADLINE.reset(token)
+            if now() > deadline[0]:
+                raise expired(deadline[3])
+            return result
+
+        return timed
+
+    def _wrap_thread(self, fn: Callable[P, R]) -> Callable[P, R]:
+        seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
+
+        def timed_in_thread(*args: P.args, **kwargs: P.kwargs) -> R:
+            tick()
+            deadline = tighter(clock.now(), seconds, clock, name)
+            future: Future[R] = Future()
+            context = contextvars.copy_context()
+            context.run(DEADLINE.set, deadline)
+
+            def work() -> None:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    future.set_result(context.run(fn, *args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            worker = threading.Thread(target=work, name=f"resilience-timeout-{name}", daemon=True)
+            worker.start()
+            try:
+                # Real time: a thread cannot be woken by a virtual clock.
+                return future.result(timeout=max(0.0, deadline[0] - clock.now()))
+            except FutureTimeout:
+                if future.done():
+                    raise  # the call's own TimeoutError (the same class since 3.11)
+                next(self._abandoned)
+                _log.warning(
+                    "timeout %r: stopped waiting after %.3fs; the call keeps running in "
+                    "thread %r and its result will be dropped",
+                    name,
+                    deadline[3],
+                    worker.name,
+                )
+                raise self._expired(deadline[3]) from None
+
+        return timed_in_thread
+
+    # -- async ----------------------------------------------------------------------
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
+        expired, passed_through = self._expired, self._passed_through
+
+        async def timed(*args: P.args, **kwargs: P.kwargs) -> R:
+            tick()
+            deadline = tighter(clock.now(), seconds, clock, name)
+            token = DEADLINE.set(deadline)
+            try:
+                # The event loop's timer cancels the call; the check after it makes
+                # a virtual clock (FakeClock) behave the same in tests.
+                async with asyncio.timeout(max(0.0, deadline[0] - clock.now())) as scope:
+                    result = await fn(*args, **kwargs)
+            except TimeoutExceeded:
+                passed_through(deadline)
+                raise
+            except TimeoutError as exc:
+                if scope.expired():
+                    raise expired(deadline[3], exc) from exc
+                raise
+            except Exception as exc:
+                if clock.now() > deadline[0]:
+                    raise expired(deadline[3], exc) from exc
+                raise
+            finally:
+                DEADLINE.reset(token)
+            if clock.now() > deadline[0]:
+                raise expired(deadline[3])
+            return result
+
+        return timed
+
+    def __repr__(self) -> str:
+        return f"Timeout({self._seconds!r}, mode={self.mode!r}, name={self.name!r})"
