@@ -49,7 +49,13 @@ from ._breaker_core import (
 from ._clock import SYSTEM_CLOCK, Clock
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, build_options
-from .classify import ClassifierLike, ErrorClass, make_classifier
+from .classify import (
+    ClassifierLike,
+    ErrorClass,
+    error_filter,
+    make_classifier,
+    normalize_error_selector,
+)
 from .errors import CircuitOpenError
 from .storage.breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
 from .telemetry._hub import HUB
@@ -167,23 +173,7 @@ class BreakerOptions(OptionsModel):
     @field_validator("failure_on")
     @classmethod
     def _check_failure_on(cls, value: Any) -> Any:
-        if value is None or (callable(value) and not isinstance(value, type)):
-            return value
-        if isinstance(value, str | ErrorClass | type):
-            value = [value]
-        items: list[ErrorClass | type[BaseException]] = []
-        for item in value:
-            if isinstance(item, type) and issubclass(item, BaseException):
-                items.append(item)
-                continue
-            try:
-                items.append(ErrorClass(item))
-            except ValueError:
-                raise ValueError(
-                    f"expected error classes ({', '.join(c.value for c in ErrorClass)}), "
-                    f"exception types or a predicate; got {item!r}"
-                ) from None
-        return tuple(items)
+        return normalize_error_selector(value)
 
     @field_validator("classifier")
     @classmethod
@@ -226,22 +216,6 @@ class BreakerStatistics:
 def _counter_value(counter: itertools.count[int]) -> int:
     # itertools.count advances atomically under the GIL; its repr holds its value.
     return int(repr(counter)[6:-1])
-
-
-def _failure_predicate(failure_on: Any, classifier: Any) -> Callable[[BaseException], bool]:
-    """Turn ``failure_on`` into ``exception -> counts as a failure?``."""
-    if callable(failure_on):
-        predicate: Callable[[BaseException], bool] = failure_on
-        return lambda exc: bool(predicate(exc))
-    classify = make_classifier(classifier)
-    if failure_on is None:
-        permanent = ErrorClass.PERMANENT
-        return lambda exc: classify(exc).error_class is not permanent
-    classes = frozenset(item for item in failure_on if isinstance(item, ErrorClass))
-    types = tuple(item for item in failure_on if isinstance(item, type))
-    if not classes:
-        return lambda exc: isinstance(exc, types)
-    return lambda exc: isinstance(exc, types) or classify(exc).error_class in classes
 
 
 class CircuitBreaker(Policy):
@@ -381,7 +355,7 @@ class CircuitBreaker(Policy):
         self._clock = options.clock
         self._window = _make_window(options)
         self._timed_window = isinstance(self._window, TimeWindow)
-        self._is_failure = _failure_predicate(options.failure_on, options.classifier)
+        self._is_failure = error_filter(options.failure_on, make_classifier(options.classifier))
         self._failure_if_result = options.failure_if_result
         self._slow_call_duration = options.slow_call_duration
         self._half_open_calls = options.half_open_calls
@@ -650,7 +624,7 @@ class CircuitBreaker(Policy):
     def _outcome_of_error(self, exc: BaseException, start: float | None) -> int:
         if not isinstance(exc, Exception):
             return IGNORED
-        if self._is_failure(exc):
+        if self._is_failure(exc, None):
             return FAILURE
         return self._outcome_of_time(start)
 

@@ -35,13 +35,17 @@ from .errors import (
 
 __all__ = [
     "ErrorClass",
+    "ErrorFilter",
+    "ErrorSelector",
     "Classification",
     "Classifier",
     "ClassifierLike",
     "classify",
     "classify_status",
+    "error_filter",
     "default_classifier",
     "make_classifier",
+    "normalize_error_selector",
     "parse_retry_after",
 ]
 
@@ -454,3 +458,62 @@ def classify(exc: BaseException, *classifiers: ClassifierLike) -> Classification
     if classifiers:
         return make_classifier(*classifiers)(exc)
     return default_classifier(exc)
+
+
+# --------------------------------------------------------------------------
+# Error selectors: which errors a policy acts on (retry_on=, failure_on=, on=)
+
+ErrorSelector: TypeAlias = (
+    Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool] | None
+)
+"""Error classes (or their names), exception types, or a predicate; ``None``: all
+but PERMANENT."""
+
+ErrorFilter: TypeAlias = Callable[[BaseException, Classification | None], bool]
+"""``(exception, classification if already known) -> selected?``"""
+
+
+def normalize_error_selector(
+    value: Any,
+) -> Callable[[BaseException], bool] | tuple[ErrorClass | type[BaseException], ...] | None:
+    """Validate an error selector: ``None``, a predicate, or a tuple of classes and
+    types. Raises ``ValueError`` (which option models report with the field)."""
+    if value is None or (callable(value) and not isinstance(value, type)):
+        return value
+    if isinstance(value, str | ErrorClass | type):
+        value = [value]
+    if not isinstance(value, Iterable):
+        raise ValueError(f"expected error classes, exception types or a predicate; got {value!r}")
+    items: list[ErrorClass | type[BaseException]] = []
+    for item in value:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            items.append(item)
+            continue
+        try:
+            items.append(ErrorClass(item))
+        except ValueError:
+            raise ValueError(
+                f"expected error classes ({', '.join(c.value for c in ErrorClass)}), "
+                f"exception types or a predicate; got {item!r}"
+            ) from None
+    return tuple(items)
+
+
+def error_filter(
+    selector: Any, classify: Callable[[BaseException], Classification] = default_classifier
+) -> ErrorFilter:
+    """Turn a normalized selector into a filter; ``classify`` runs only when needed
+    and only if the caller has not classified the exception already."""
+    if selector is None:
+        permanent = ErrorClass.PERMANENT
+        return lambda exc, known: (known or classify(exc)).error_class is not permanent
+    if callable(selector):
+        predicate: Callable[[BaseException], bool] = selector
+        return lambda exc, known: bool(predicate(exc))
+    classes = frozenset(item for item in selector if isinstance(item, ErrorClass))
+    types = tuple(item for item in selector if isinstance(item, type))
+    if not classes:
+        return lambda exc, known: isinstance(exc, types)
+    return lambda exc, known: (
+        isinstance(exc, types) or (known or classify(exc)).error_class in classes
+    )

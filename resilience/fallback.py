@@ -31,7 +31,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from ._clock import SYSTEM_CLOCK, Clock
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, build_options
-from .classify import ErrorClass, classify
+from .classify import ErrorClass, classify, error_filter, normalize_error_selector
 from .telemetry._hub import HUB
 from .telemetry.events import FallbackUsed
 
@@ -55,45 +55,13 @@ FallbackOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseEx
 _UNSET: Any = object()
 
 
-def _normalise_on(value: Any) -> Any:
-    """Normalise ``on`` to ``None``, a predicate, or a tuple of classes and types."""
-    if value is None or (callable(value) and not isinstance(value, type)):
-        return value
-    if isinstance(value, str | ErrorClass | type):
-        value = [value]
-    if not isinstance(value, Iterable):
-        raise ValueError(f"expected error classes, exception types or a predicate; got {value!r}")
-    items: list[ErrorClass | type[BaseException]] = []
-    for item in value:
-        if isinstance(item, type) and issubclass(item, BaseException):
-            items.append(item)
-            continue
-        try:
-            items.append(ErrorClass(item))
-        except ValueError:
-            raise ValueError(
-                f"expected error classes ({', '.join(c.value for c in ErrorClass)}), "
-                f"exception types or a predicate; got {item!r}"
-            ) from None
-    return tuple(items)
-
-
 def _report(name: str, exc: BaseException, stale: bool) -> None:
     HUB.emit(FallbackUsed(name, classify(exc).error_class.value, exc, stale))
 
 
 def _handles(on: Any) -> Callable[[BaseException], bool]:
-    if on is None:
-        permanent = ErrorClass.PERMANENT
-        return lambda exc: classify(exc).error_class is not permanent
-    if callable(on):
-        predicate: Callable[[BaseException], bool] = on
-        return lambda exc: bool(predicate(exc))
-    classes = frozenset(item for item in on if isinstance(item, ErrorClass))
-    types = tuple(item for item in on if isinstance(item, type))
-    if not classes:
-        return lambda exc: isinstance(exc, types)
-    return lambda exc: isinstance(exc, types) or classify(exc).error_class in classes
+    selected = error_filter(on)
+    return lambda exc: selected(exc, None)
 
 
 class FallbackOptions(OptionsModel):
@@ -107,7 +75,7 @@ class FallbackOptions(OptionsModel):
     @field_validator("on")
     @classmethod
     def _check_on(cls, value: Any) -> Any:
-        return _normalise_on(value)
+        return normalize_error_selector(value)
 
     @field_validator("handler")
     @classmethod
@@ -130,7 +98,7 @@ class CachedFallbackOptions(OptionsModel):
     @field_validator("on")
     @classmethod
     def _check_on(cls, value: Any) -> Any:
-        return _normalise_on(value)
+        return normalize_error_selector(value)
 
 
 @dataclass(frozen=True, slots=True)

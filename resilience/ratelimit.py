@@ -32,6 +32,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from ._bucket import BucketSpec, Decision
 from ._clock import SYSTEM_CLOCK, Clock
+from ._deadline import remaining_time
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, Seconds, build_options
 from .errors import ConfigurationError, RateLimitExceeded
@@ -398,7 +399,7 @@ class RateLimiter(_Acquiring):
             return
         self._check_cost(cost)
         requests = (self._request(key, cost),)
-        decision = self._store.bucket_take(requests, max_wait)
+        decision = self._store.bucket_take(requests, _within_deadline(max_wait))
         self._check_granted(decision, key)
         if decision.wait > 0:
             _sleep_or_refund(self._store, self._clock, requests, decision)
@@ -423,7 +424,7 @@ class RateLimiter(_Acquiring):
             return
         self._check_cost(cost)
         requests = (self._request(key, cost),)
-        decision = await self._store.abucket_take(requests, max_wait)
+        decision = await self._store.abucket_take(requests, _within_deadline(max_wait))
         self._check_granted(decision, key)
         if decision.wait > 0:
             await _asleep_or_refund(self._store, self._clock, requests, decision)
@@ -658,7 +659,9 @@ class CompositeLimit(_Acquiring):
     def acquire(self, timeout: float | datetime.timedelta | None = None) -> None:
         """Take from every bucket, waiting up to ``timeout`` (default: the limit's
         ``timeout``, else the smallest ``max_wait``); raise at once if it would not do."""
-        decision = self._store.bucket_take(self._requests, self._max_wait(timeout))
+        decision = self._store.bucket_take(
+            self._requests, _within_deadline(self._max_wait(timeout))
+        )
         self._check_granted(decision)
         if decision.wait > 0:
             _sleep_or_refund(self._store, self._clock, self._requests, decision)
@@ -669,7 +672,9 @@ class CompositeLimit(_Acquiring):
         timeout: float | datetime.timedelta | None = None,  # noqa: ASYNC109 - as RateLimiter's
     ) -> None:
         """:meth:`acquire`, awaiting the store and the wait."""
-        decision = await self._store.abucket_take(self._requests, self._max_wait(timeout))
+        decision = await self._store.abucket_take(
+            self._requests, _within_deadline(self._max_wait(timeout))
+        )
         self._check_granted(decision)
         if decision.wait > 0:
             await _asleep_or_refund(self._store, self._clock, self._requests, decision)
@@ -678,6 +683,13 @@ class CompositeLimit(_Acquiring):
     def __repr__(self) -> str:
         parts = ", ".join(f"{r.name}[{r.key!r}]x{r.cost}" for r in self._requests)
         return f"CompositeLimit({parts})"
+
+
+def _within_deadline(max_wait: float) -> float:
+    """``max_wait`` bounded by an enclosing Timeout's deadline: a waiter that could
+    not be served before it fails at once instead of sleeping past it."""
+    left = remaining_time()
+    return max_wait if left is None else min(max_wait, max(0.0, left))
 
 
 def _sleep_or_refund(

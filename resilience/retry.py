@@ -34,7 +34,13 @@ from ._policy import Policy
 from ._testing_mode import TESTING_MODE
 from ._validation import OptionsModel, PositiveSeconds, build_options
 from .backoff import Backoff
-from .classify import Classification, ClassifierLike, ErrorClass, make_classifier
+from .classify import (
+    ClassifierLike,
+    ErrorClass,
+    error_filter,
+    make_classifier,
+    normalize_error_selector,
+)
 from .errors import ConfigurationError
 from .telemetry._hub import HUB
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
@@ -96,23 +102,7 @@ class RetryOptions(OptionsModel):
     @field_validator("retry_on")
     @classmethod
     def _check_retry_on(cls, value: Any) -> Any:
-        if value is None or (callable(value) and not isinstance(value, type)):
-            return value
-        if isinstance(value, str | ErrorClass | type):
-            value = [value]
-        items: list[ErrorClass | type[BaseException]] = []
-        for item in value:
-            if isinstance(item, type) and issubclass(item, BaseException):
-                items.append(item)
-            else:
-                try:
-                    items.append(ErrorClass(item))
-                except ValueError:
-                    raise ValueError(
-                        f"expected error classes ({', '.join(c.value for c in ErrorClass)}), "
-                        f"exception types or a predicate; got {item!r}"
-                    ) from None
-        return tuple(items)
+        return normalize_error_selector(value)
 
     @field_validator("classifier")
     @classmethod
@@ -273,8 +263,8 @@ class Retry(Policy):
         # A server's Retry-After is honoured up to the backoff's own cap, if it has one.
         backoff_cap = getattr(options.backoff.options, "cap", math.inf)
         self._retry_after_ceiling = min(self._delay_ceiling, backoff_cap)
-        self._retryable = _retry_predicate(options.retry_on)
         self._classify = make_classifier(options.classifier)
+        self._retryable = error_filter(options.retry_on, self._classify)
         self._retry_if_result = options.retry_if_result
         self._on_retry = options.on_retry
         self._on_give_up = options.on_give_up
@@ -759,20 +749,6 @@ class Attempt:
 
     def __repr__(self) -> str:
         return f"<Attempt {self.number}>"
-
-
-def _retry_predicate(
-    retry_on: Any,
-) -> Callable[[BaseException, Classification], bool]:
-    """Turn ``retry_on`` into ``(exception, classification) -> retry?``."""
-    if retry_on is None:
-        return lambda exc, c: c.error_class is not ErrorClass.PERMANENT
-    if callable(retry_on):
-        predicate: Callable[[BaseException], bool] = retry_on
-        return lambda exc, c: bool(predicate(exc))
-    classes = frozenset(item for item in retry_on if isinstance(item, ErrorClass))
-    types = tuple(item for item in retry_on if isinstance(item, type))
-    return lambda exc, c: c.error_class in classes or isinstance(exc, types)
 
 
 @overload

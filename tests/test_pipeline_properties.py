@@ -2,8 +2,8 @@
 deadline on the FakeClock.
 
 A pipeline is a ``Timeout`` around any stack of retries, timeouts, bulkheads,
-fallbacks, circuit breakers and rate limiters (which never wait themselves:
-``max_wait=0``; their rejections are waited out by the retries). The operation
+fallbacks, circuit breakers and rate limiters (which wait for tokens up to
+their ``max_wait``, unbounded or not, but never past the deadline). The operation
 takes a scripted time on the virtual clock and fails or succeeds as scripted.
 Whatever the stack:
 
@@ -95,7 +95,7 @@ def inner_policies(draw: st.DrawFn, clock: FakeClock) -> Any:
             rate=draw(st.floats(min_value=0.01, max_value=100.0)),
             per=draw(st.floats(min_value=0.01, max_value=100.0)),
             burst=draw(st.integers(1, 5)),
-            max_wait=0,
+            max_wait=draw(st.none() | st.floats(min_value=0.0, max_value=1000.0)),
             clock=clock,
         )
     return Fallback("fallback")

@@ -12,6 +12,7 @@ import resilience as rs
 from resilience.config import http_pipeline
 from resilience.pipeline import Pipeline
 from resilience.ratelimit import RateLimiter
+from resilience.timeout import Timeout
 from resilience.testing import FakeClock
 
 
@@ -76,3 +77,27 @@ def test_http_pipeline_with_a_rate_limiter_in_front(clock: FakeClock) -> None:
     ]
     assert pipeline[0].name == "http.rate_limiter"
     assert pipeline.call(lambda: 42) == 42
+
+
+def test_a_limiter_inside_a_timeout_never_waits_past_the_deadline() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter("deadline", rate=1, per=2.0, clock=clock)  # waits without limit
+    pipeline = Pipeline(Timeout(0.5, clock=clock), limiter)
+    assert pipeline.call(lambda: "first") == "first"
+    with pytest.raises(rs.RateLimitExceeded) as caught:
+        pipeline.call(lambda: "never")
+    assert caught.value.retry_after == pytest.approx(2.0)
+    assert clock.sleeps == []  # it could not be served in time: it failed at once
+
+
+async def test_a_limiter_inside_a_timeout_never_waits_past_the_deadline_async() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter("deadline", rate=1, per=0.4, clock=clock)
+    pipeline = Pipeline(Timeout(0.5, clock=clock), limiter)
+
+    async def op() -> str:
+        return "ok"
+
+    assert await pipeline.acall(op) == "ok"
+    assert await pipeline.acall(op) == "ok"  # 0.4 s fits in the 0.5 s budget: it waits
+    assert clock.sleeps == [pytest.approx(0.4)]

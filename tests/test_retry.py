@@ -467,6 +467,8 @@ def test_presets() -> None:
         ({"deadline": 0}, "deadline"),
         ({"max_delay": -0.5}, "max_delay"),
         ({"retry_on": ["sometimes"]}, "retry_on"),
+        ({"retry_on": 5}, "retry_on"),
+        ({"retry_on": False}, "retry_on"),
         ({"name": ""}, "name"),
         ({"clock": object()}, "clock"),
         ({"on_retry": 5}, "on_retry"),
