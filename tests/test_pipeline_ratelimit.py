@@ -12,8 +12,8 @@ import resilience as rs
 from resilience.config import http_pipeline
 from resilience.pipeline import Pipeline
 from resilience.ratelimit import RateLimiter
-from resilience.timeout import Timeout
 from resilience.testing import FakeClock
+from resilience.timeout import Timeout
 
 
 @pytest.fixture
