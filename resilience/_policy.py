@@ -41,11 +41,18 @@ class Policy(ABC):
     """What the policy is, for telemetry: ``retry``, ``circuit_breaker``…"""
 
     @abstractmethod
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """Return ``fn`` protected by this policy (``fn`` is synchronous)."""
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+        """Return ``fn`` protected by this policy (``fn`` is synchronous).
+
+        With an ``observer``, the protected callable reports every call to
+        OpenTelemetry (a span and metrics) whenever an SDK is configured; a
+        pipeline gives one only to its outermost policy.
+        """
 
     @abstractmethod
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
         """Return ``fn`` protected by this policy (``fn`` returns an awaitable)."""
 
     def observer(self) -> CallObserver:
@@ -53,16 +60,6 @@ class Policy(ABC):
         from .telemetry.otel import CallObserver
 
         return CallObserver(self.kind, self.name)
-
-    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """What the decorator returns for a sync ``fn``. Policies that report calls
-        to OpenTelemetry override it to build the protected callable with an
-        observer (see :class:`~resilience.telemetry.otel.CallObserver`)."""
-        return self.wrap_sync(fn)
-
-    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        """What the decorator returns for an async ``fn`` (see :meth:`decorate_sync`)."""
-        return self.wrap_async(fn)
 
     @overload
     def __call__(
@@ -75,7 +72,11 @@ class Policy(ABC):
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate ``fn``: sync functions stay sync, coroutine functions stay async."""
         wrapped: Callable[P, Any]
-        wrapped = self.decorate_async(fn) if is_async_callable(fn) else self.decorate_sync(fn)
+        observer = self.observer()
+        if is_async_callable(fn):
+            wrapped = self.wrap_async(fn, observer)
+        else:
+            wrapped = self.wrap_sync(fn, observer)
         functools.update_wrapper(wrapped, fn)
         wrapped.__dict__["policy"] = self  # reach the policy (and its statistics) from fn
         return wrapped

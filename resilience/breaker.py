@@ -56,7 +56,8 @@ from .classify import (
     make_classifier,
     normalize_error_selector,
 )
-from .errors import CircuitOpenError
+from .errors import CircuitOpenError, StoreUnavailable
+from .storage._guard import FailureMode, GuardedBreakerStore
 from .storage.breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
 from .telemetry._hub import HUB
 from .telemetry.events import CallRejected, CircuitStateChanged
@@ -120,6 +121,11 @@ class BreakerOptions(OptionsModel):
     on_state_change: StateListener | None = None
     store: Any = None
     clock: Clock = SYSTEM_CLOCK
+    on_store_failure: FailureMode = "fail_closed"
+    """While a shared store is unavailable: ``"fail_closed"`` (a call the breaker
+    cannot admit without the store raises :class:`~resilience.StoreUnavailable`),
+    ``"fail_open"`` (such a call runs, unrecorded), ``"local"`` (the breaker goes
+    on with an in-process circuit until the store is back). See docs/storage.md."""
 
     # Cross-field rules live on the later field, so the error names it.
 
@@ -270,6 +276,7 @@ class CircuitBreaker(Policy):
         "_clock",
         "_closed",
         "_entries",
+        "_fail_open",
         "_failure_if_result",
         "_fast_block",
         "_half_open_calls",
@@ -316,6 +323,7 @@ class CircuitBreaker(Policy):
         on_state_change: StateListener | None = None,
         store: BreakerStore | None = None,
         clock: Clock | None = None,
+        on_store_failure: FailureMode = "fail_closed",
     ) -> None:
         options = build_options(
             BreakerOptions,
@@ -339,6 +347,7 @@ class CircuitBreaker(Policy):
             on_state_change=on_state_change,
             store=store,
             clock=SYSTEM_CLOCK if clock is None else clock,
+            on_store_failure=on_store_failure,
         )
         self._configure(options)
 
@@ -386,19 +395,22 @@ class CircuitBreaker(Policy):
         self._open_until = 0.0
         self._refresh_at = -math.inf
         store: BreakerStore = options.store if options.store is not None else MemoryBreakerStore()
+        self._fail_open = options.on_store_failure == "fail_open"
+        if not isinstance(store, MemoryBreakerStore):
+            # A store that can fail: its calls go through the failure policy.
+            store = GuardedBreakerStore(
+                store, options.on_store_failure, self._clock, f"CircuitBreaker {self.name!r}"
+            )
         self._store = store
         self._unwatch = store.breaker_watch(self.name, self._on_snapshot)
         self._polling = self._unwatch is None
         # A with-block needs no admission steps while closed, unless it must be timed.
         self._fast_block = not self._judges_results() and not self._polling
-        self._adopt(store.breaker_load(self.name, self._clock.now()), self._clock.now())
+        try:
+            self._adopt(store.breaker_load(self.name, self._clock.now()), self._clock.now())
+        except StoreUnavailable:
+            pass  # unknown for now: the first call that needs the circuit loads it
         track_breaker(self)  # the state gauge of the OpenTelemetry adapter (held weakly)
-
-    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        return self.wrap_sync(fn, self.observer())
-
-    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        return self.wrap_async(fn, self.observer())
 
     # -- public state -------------------------------------------------------------
 
@@ -660,6 +672,32 @@ class CircuitBreaker(Policy):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
+    def _admitted(self, start: float) -> int:
+        """Admit a call; a store failure gets the ``on_store_failure`` behaviour."""
+        try:
+            return self._run(self._admit(start))
+        except StoreUnavailable:
+            if self._fail_open:
+                return _BYPASS  # runs unguarded and unrecorded
+            next(self._c_rejections)
+            raise
+
+    async def _aadmitted(self, start: float) -> int:
+        try:
+            return await self._arun(self._admit(start))
+        except StoreUnavailable:
+            if self._fail_open:
+                return _BYPASS
+            next(self._c_rejections)
+            raise
+
+    def _report_failed(self, error: Exception) -> None:
+        if isinstance(error, StoreUnavailable) and isinstance(self._store, GuardedBreakerStore):
+            # The guard logs an outage once; one line per call would flood the log.
+            _log.debug("circuit breaker %r: outcome not shared: %s", self.name, error)
+        else:
+            _log.exception("circuit breaker %r: could not record an outcome", self.name)
+
     def _report(self, steps: _Steps[Any] | None) -> None:
         """Run bookkeeping after a call; its failure is logged, never raised over
         the protected call's own result or exception."""
@@ -667,16 +705,16 @@ class CircuitBreaker(Policy):
             return
         try:
             self._run(steps)
-        except Exception:
-            _log.exception("circuit breaker %r: could not record an outcome", self.name)
+        except Exception as error:
+            self._report_failed(error)
 
     async def _areport(self, steps: _Steps[Any] | None) -> None:
         if steps is None:
             return
         try:
             await self._arun(steps)
-        except Exception:
-            _log.exception("circuit breaker %r: could not record an outcome", self.name)
+        except Exception as error:
+            self._report_failed(error)
 
     # -- closed-state outcome handlers used by the fast closures -----------------------
 
@@ -800,7 +838,7 @@ class CircuitBreaker(Policy):
 
     def _call_sync(self, fn: Callable[..., R], args: Any, kwargs: Any) -> R:
         start = self._clock.now()
-        ticket = self._run(self._admit(start))
+        ticket = self._admitted(start)
         if ticket == _BYPASS:
             return fn(*args, **kwargs)
         try:
@@ -820,7 +858,7 @@ class CircuitBreaker(Policy):
             entries.set((_PASS, 0.0, entries.get()))
             return self
         start = self._clock.now()
-        ticket = self._run(self._admit(start))
+        ticket = self._admitted(start)
         entries.set((ticket, start, entries.get()))
         return self
 
@@ -934,7 +972,7 @@ class CircuitBreaker(Policy):
 
     async def _call_async(self, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
         start = self._clock.now()
-        ticket = await self._arun(self._admit(start))
+        ticket = await self._aadmitted(start)
         if ticket == _BYPASS:
             return await fn(*args, **kwargs)
         try:
@@ -953,7 +991,7 @@ class CircuitBreaker(Policy):
             entries.set((_PASS, 0.0, entries.get()))
             return self
         start = self._clock.now()
-        ticket = await self._arun(self._admit(start))
+        ticket = await self._aadmitted(start)
         self._entries.set((ticket, start, self._entries.get()))
         return self
 

@@ -31,6 +31,7 @@ from ._validation import OptionsModel, Seconds, build_options
 from .errors import BulkheadFull
 from .telemetry._hub import HUB
 from .telemetry.events import BulkheadRejected
+from .telemetry.otel import CallObserver, observe_async, observe_sync
 
 __all__ = ["Bulkhead", "BulkheadOptions", "BulkheadStatistics"]
 
@@ -261,7 +262,10 @@ class Bulkhead(Policy):
     # The wrappers inline the uncontended case of acquire/release (a slot free,
     # nobody queued): two short critical sections and no extra Python frames.
 
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+        return observe_sync(self._protect_sync(fn), observer)
+
+    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         bulkhead, lock, limit, waiters = self, self._lock, self._limit, self._waiters
         tick, acquire, release = self._calls.__next__, self.acquire, self.release
 
@@ -286,7 +290,12 @@ class Bulkhead(Policy):
 
         return limited
 
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return observe_async(self._protect_async(fn), observer)
+
+    def _protect_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         bulkhead, lock, limit, waiters = self, self._lock, self._limit, self._waiters
         tick, aacquire, release = self._calls.__next__, self.aacquire, self.release
 

@@ -34,6 +34,7 @@ from ._validation import OptionsModel, PositiveSeconds, build_options
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
 from .telemetry._hub import HUB
 from .telemetry.events import FallbackUsed
+from .telemetry.otel import CallObserver, observe_async, observe_sync
 
 __all__ = [
     "Cached",
@@ -207,7 +208,10 @@ class Fallback(Policy):
             _report(self.name, exc, stale=False)
         return self._value if self._handler is None else self._handler(exc)
 
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+        return observe_sync(self._protect_sync(fn), observer)
+
+    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         handles, substitute, counts = self._handles, self._substitute, self._counts
         tick = counts.calls.__next__
 
@@ -223,7 +227,12 @@ class Fallback(Policy):
 
         return with_fallback
 
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return observe_async(self._protect_async(fn), observer)
+
+    def _protect_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         handles, substitute, counts = self._handles, self._substitute, self._counts
         tick = counts.calls.__next__
 
@@ -377,7 +386,12 @@ class CachedFallback(Policy):
         return Cached(entry[1], stale=True, age=age, error=exc)
 
     # Wrapping changes the result type to Cached[R]: the Policy signature cannot say so.
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, Any]:
+    def wrap_sync(
+        self, fn: Callable[P, R], observer: CallObserver | None = None
+    ) -> Callable[P, Any]:
+        return observe_sync(self._protect_sync(fn), observer)
+
+    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, Any]:
         key_of, store, serve, handles = self._cache_key, self._store, self._serve, self._handles
         tick = self._counts.calls.__next__
 
@@ -398,7 +412,14 @@ class CachedFallback(Policy):
 
         return with_cache
 
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, Any]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, Any]]:
+        return observe_async(self._protect_async(fn), observer)
+
+    def _protect_async(
+        self, fn: Callable[P, Awaitable[R]]
+    ) -> Callable[P, Coroutine[Any, Any, Any]]:
         key_of, store, serve, handles = self._cache_key, self._store, self._serve, self._handles
         tick = self._counts.calls.__next__
 

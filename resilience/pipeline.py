@@ -8,12 +8,12 @@ policies' own fast paths. A pipeline is itself a policy, so pipelines nest.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from ._policy import Policy
+from .telemetry.otel import CallObserver, observe_async, observe_sync
 
 __all__ = ["Pipeline"]
 
@@ -44,36 +44,27 @@ class Pipeline(Policy):
         self._async_chains: dict[Callable[..., Any], Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        for policy in reversed(self.policies):
-            fn = policy.wrap_sync(fn)
-        return fn
+    # One telemetry span for the whole pipeline: only the outermost policy gets
+    # the observer, so an observed call costs no extra frame and no nested spans.
 
-    # Decorating: one telemetry span for the whole pipeline. The outermost policy
-    # builds it, when it can take an observer, so that it costs no extra frame.
-
-    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        if not self.policies or not _takes_observer(self.policies[0].wrap_sync):
-            return self.wrap_sync(fn)
-        for policy in reversed(self.policies[1:]):
-            fn = policy.wrap_sync(fn)
-        return self.policies[0].wrap_sync(fn, self.observer())  # type: ignore[call-arg]
-
-    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        if not self.policies or not _takes_observer(self.policies[0].wrap_async):
-            return self.wrap_async(fn)
-        wrapped: Callable[P, Awaitable[R]] = fn
-        for policy in reversed(self.policies[1:]):
-            wrapped = policy.wrap_async(wrapped)
-        return self.policies[0].wrap_async(wrapped, self.observer())  # type: ignore[call-arg]
-
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        wrapped: Callable[P, Awaitable[R]] = fn
-        for policy in reversed(self.policies):
-            wrapped = policy.wrap_async(wrapped)
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
         if not self.policies:
-            return _as_coroutine_function(fn)
-        return wrapped  # type: ignore[return-value]  # every policy returns a coroutine function
+            return observe_sync(fn, observer)
+        outermost, *inner = self.policies
+        for policy in reversed(inner):
+            fn = policy.wrap_sync(fn)
+        return outermost.wrap_sync(fn, observer)
+
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        if not self.policies:
+            return observe_async(_as_coroutine_function(fn), observer)
+        outermost, *inner = self.policies
+        wrapped: Callable[P, Awaitable[R]] = fn
+        for policy in reversed(inner):
+            wrapped = policy.wrap_async(wrapped)
+        return outermost.wrap_async(wrapped, observer)
 
     def _chain(
         self,
@@ -117,13 +108,6 @@ class Pipeline(Policy):
         return (
             f"Pipeline({inner}, name={self.name!r})" if inner else f"Pipeline(name={self.name!r})"
         )
-
-
-def _takes_observer(wrap: Callable[..., Any]) -> bool:
-    try:
-        return "observer" in inspect.signature(wrap).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _as_coroutine_function(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:

@@ -36,6 +36,7 @@ from ._deadline import remaining_time
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, Seconds, build_options
 from .errors import ConfigurationError, RateLimitExceeded
+from .storage._guard import FailureMode, GuardedBucketStore
 from .storage.buckets import BucketRequest, BucketStore, MemoryBucketStore
 from .telemetry._hub import HUB
 from .telemetry.events import RateLimitRejected, RateLimitWaited
@@ -77,6 +78,10 @@ class RateLimiterOptions(OptionsModel):
     (``None``: as long as it takes)."""
     store: Any = None
     clock: Any = None
+    on_store_failure: FailureMode = "fail_closed"
+    """What to do while a shared store is unavailable: ``"fail_closed"`` (raise
+    :class:`~resilience.StoreUnavailable`), ``"fail_open"`` (grant), ``"local"``
+    (limit in this process until the store is back). See docs/storage.md."""
 
     @field_validator("store")
     @classmethod
@@ -157,12 +162,6 @@ class _Acquiring(Policy):
 
     async def aacquire(self) -> None:
         raise NotImplementedError
-
-    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        return self.wrap_sync(fn, self.observer())
-
-    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        return self.wrap_async(fn, self.observer())
 
     def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
         acquire = self.acquire
@@ -262,6 +261,7 @@ class RateLimiter(_Acquiring):
         max_wait: float | datetime.timedelta | None = None,
         store: BucketStore | None = None,
         clock: Clock | None = None,
+        on_store_failure: FailureMode = "fail_closed",
     ) -> None:
         options = build_options(
             RateLimiterOptions,
@@ -273,6 +273,7 @@ class RateLimiter(_Acquiring):
             max_wait=max_wait,
             store=store,
             clock=clock,
+            on_store_failure=on_store_failure,
         )
         self._configure(options)
 
@@ -292,6 +293,12 @@ class RateLimiter(_Acquiring):
         self._max_wait = math.inf if options.max_wait is None else options.max_wait
         self._store: BucketStore = options.store
         self._clock: Clock = options.clock
+        if not isinstance(options.store, MemoryBucketStore):
+            # A store that can fail: its calls go through the failure policy.
+            # (The memory store never fails; its fast path stays as it is.)
+            self._store = GuardedBucketStore(
+                options.store, options.on_store_failure, options.clock, self._owner
+            )
         self._acquired = itertools.count()
         self._rejected = itertools.count()
         self._waited = itertools.count()
@@ -317,7 +324,7 @@ class RateLimiter(_Acquiring):
 
     @property
     def store(self) -> BucketStore:
-        return self._store
+        return self.options.store  # type: ignore[no-any-return]
 
     @property
     def clock(self) -> Clock:
@@ -486,7 +493,7 @@ class RateLimiter(_Acquiring):
         o = self.options
         return (
             f"RateLimiter({o.name!r}, rate={o.rate!r}, per={o.per!r}, burst={o.burst!r}, "
-            f"store={self._store!r})"
+            f"store={self.options.store!r})"
         )
 
 
@@ -619,7 +626,8 @@ class CompositeLimit(_Acquiring):
                 )
         self._requests = tuple(merged.values())
         self._limiters = tuple(limiters)
-        self._store = store
+        # Through the first limiter's failure policy, if the store can fail.
+        self._store: BucketStore = limiters[0]._store
         self._clock = limiters[0].clock
         self.name = "+".join(limiter.name for limiter in limiters)
         self.timeout = timeout

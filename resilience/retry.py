@@ -429,12 +429,6 @@ class Retry(Policy):
 
     # -- sync and async drivers -------------------------------------------------------
 
-    def decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        return self.wrap_sync(fn, self.observer())
-
-    def decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        return self.wrap_async(fn, self.observer())
-
     def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
         hit = self._fast_successes.__next__
         retry_rest = self._retry_rest_sync

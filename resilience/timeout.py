@@ -38,6 +38,7 @@ from ._validation import OptionsModel, PositiveSeconds, build_options
 from .errors import TimeoutExceeded
 from .telemetry._hub import HUB
 from .telemetry.events import TimeoutExpired
+from .telemetry.otel import CallObserver, observe_async, observe_sync
 
 __all__ = ["Timeout", "TimeoutMode", "TimeoutOptions", "TimeoutStatistics"]
 
@@ -159,7 +160,10 @@ class Timeout(Policy):
 
     # -- sync -----------------------------------------------------------------------
 
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+        return observe_sync(self._protect_sync(fn), observer)
+
+    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self.mode == "thread":
             return self._wrap_thread(fn)
         seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
@@ -232,7 +236,12 @@ class Timeout(Policy):
 
     # -- async ----------------------------------------------------------------------
 
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return observe_async(self._protect_async(fn), observer)
+
+    def _protect_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
         expired, passed_through = self._expired, self._passed_through
 

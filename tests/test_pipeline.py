@@ -12,6 +12,7 @@ import resilience as rs
 from resilience.bulkhead import Bulkhead
 from resilience.fallback import Fallback
 from resilience.pipeline import Pipeline
+from resilience.telemetry.otel import CallObserver, observe_async, observe_sync
 from resilience.testing import FakeClock
 from resilience.timeout import Timeout
 
@@ -27,7 +28,9 @@ class Recorder(rs.Policy):
         self.log = log
         self.wrapped = 0
 
-    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+    # A custom policy: build the protected callable, and hand it to observe_sync
+    # so that it reports to OpenTelemetry like the library's own policies.
+    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
         self.wrapped += 1
 
         def recorded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -37,9 +40,11 @@ class Recorder(rs.Policy):
             finally:
                 self.log.append(f"<{self.name}")
 
-        return recorded
+        return observe_sync(recorded, observer)
 
-    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
         self.wrapped += 1
 
         async def recorded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -49,7 +54,7 @@ class Recorder(rs.Policy):
             finally:
                 self.log.append(f"<{self.name}")
 
-        return recorded
+        return observe_async(recorded, observer)
 
 
 @pytest.fixture

@@ -181,3 +181,57 @@ def test_breaker_spans_rejections_transitions_and_state_gauge(otel: OTel) -> Non
         {"resilience.policy.name": "payments", "resilience.circuit_breaker.state": "open"}
     ]
     assert sum(p.value for p in otel.points("resilience.circuit_breaker.rejections")) == 1  # type: ignore[attr-defined]
+
+
+def test_a_pipeline_is_one_span_with_attempt_children(otel: OTel) -> None:
+    clock = FakeClock()
+    pipeline = rs.Pipeline(
+        rs.Timeout(30, clock=clock),
+        rs.Retry(attempts=3, backoff=rs.Backoff.constant(1), clock=clock, name="inner"),
+        rs.CircuitBreaker("cb", failure_threshold=10, clock=clock),
+        name="http",
+    )
+    assert pipeline(failing_then("ok", 1))() == "ok"
+    spans = otel.spans.get_finished_spans()
+    names = sorted(span.name for span in spans)
+    assert names == ["pipeline http", "retry inner attempt"]
+    root = next(span for span in spans if span.name == "pipeline http")
+    child = next(span for span in spans if span.name == "retry inner attempt")
+    assert child.parent is not None
+    assert child.parent.span_id == root.context.span_id
+    assert root.attributes["resilience.policy.kind"] == "pipeline"  # type: ignore[index]
+    assert any(event.name == "retry.scheduled" for event in root.events)
+
+
+async def test_timeout_bulkhead_and_fallback_report_too(otel: OTel) -> None:
+    clock = FakeClock()
+    fallback = rs.Fallback("cached", name="fb")
+    assert fallback(failing_then("fresh", 1))() == "cached"
+    bulkhead = rs.Bulkhead(1, name="bh")
+
+    async def hold() -> str:
+        return "done"
+
+    async with bulkhead:
+        with pytest.raises(rs.BulkheadFull):
+            await bulkhead(hold)()
+    timeout = rs.Timeout(1.0, clock=clock, name="slow")
+
+    def slow() -> str:
+        clock.advance(2.0)
+        return "late"
+
+    with pytest.raises(rs.TimeoutExceeded):
+        timeout(slow)()
+
+    spans = {span.name: span for span in otel.spans.get_finished_spans()}
+    assert set(spans) >= {"fallback fb", "bulkhead bh", "timeout slow"}
+    assert spans["bulkhead bh"].attributes["resilience.outcome"] == "rejected"  # type: ignore[index]
+    assert spans["timeout slow"].attributes["error.type"] == "resilience.errors.TimeoutExceeded"  # type: ignore[index]
+
+    def total(name: str) -> float:
+        return sum(point.value for point in otel.points(name))  # type: ignore[attr-defined]
+
+    assert total("resilience.fallback.uses") == 1
+    assert total("resilience.bulkhead.rejections") == 1
+    assert total("resilience.timeout.expirations") == 1

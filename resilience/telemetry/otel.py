@@ -18,9 +18,9 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from opentelemetry import metrics as otel_metrics_api
 from opentelemetry import trace as otel_trace
@@ -47,6 +47,8 @@ from .redaction import get_redactor
 
 __all__ = [
     "CallObserver",
+    "observe_async",
+    "observe_sync",
     "attempt_span",
     "configure",
     "otel_configured",
@@ -55,6 +57,7 @@ __all__ = [
     "track_breaker",
 ]
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 _SCOPE = "resilience"
@@ -331,6 +334,38 @@ class CallObserver:
         outcome = _outcome(error)
         span.set_attribute("resilience.outcome", outcome)
         return outcome, _record_error(span, error)
+
+
+def observe_sync(unobserved: Callable[P, R], observer: CallObserver | None) -> Callable[P, R]:
+    """``unobserved`` reporting to OpenTelemetry through ``observer`` (if any).
+
+    One extra frame per call: fine for policies whose own cost dwarfs it. The
+    hottest policies (retry, breaker, rate limiter) inline the test instead.
+    """
+    if observer is None:
+        return unobserved
+
+    def observed(*args: P.args, **kwargs: P.kwargs) -> R:
+        if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
+            return observer.call_sync(unobserved, args, kwargs)
+        return unobserved(*args, **kwargs)
+
+    return observed
+
+
+def observe_async(
+    unobserved: Callable[P, Coroutine[Any, Any, R]], observer: CallObserver | None
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """:func:`observe_sync` for coroutine functions."""
+    if observer is None:
+        return unobserved
+
+    async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
+        if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
+            return await observer.call_async(unobserved, args, kwargs)
+        return await unobserved(*args, **kwargs)
+
+    return observed
 
 
 @contextmanager
