@@ -150,6 +150,10 @@ def _to_seconds(value: float | datetime.timedelta, field: str, owner: str) -> fl
     return seconds
 
 
+def _nothing() -> None:
+    return None
+
+
 class _Acquiring(Policy):
     """The decorator and context-manager forms, over ``acquire`` / ``aacquire``."""
 
@@ -163,44 +167,58 @@ class _Acquiring(Policy):
     async def aacquire(self) -> None:
         raise NotImplementedError
 
+    def _fast_path(self) -> tuple[Callable[[Key], bool] | None, Callable[[], object]]:
+        """The in-memory take for one unkeyed token and the counter it ticks, if any."""
+        return None, _nothing
+
     def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
         acquire = self.acquire
+        take_one, hit = self._fast_path()
 
-        def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-            acquire()
-            return fn(*args, **kwargs)
+        # One body, built twice: without an observer (what an observer calls
+        # inside its span) and with one; see resilience.telemetry.otel.
+        def build(observer: CallObserver | None) -> Callable[P, R]:
+            def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                if observer is not None and (
+                    otel_trace._TRACER_PROVIDER is not None
+                    or otel_metrics._METER_PROVIDER is not None
+                ):
+                    return observer.call_sync(unobserved, args, kwargs)
+                # The in-memory fast path inline, sparing a call to acquire().
+                if take_one is not None and take_one(None):
+                    hit()
+                else:
+                    acquire()
+                return fn(*args, **kwargs)
 
-        if observer is None:
             return limited
 
-        def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-            # The test for an OpenTelemetry SDK is inline: a call would cost more.
-            if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
-                return observer.call_sync(limited, args, kwargs)
-            acquire()
-            return fn(*args, **kwargs)
-
-        return observed
+        unobserved = build(None)
+        return unobserved if observer is None else build(observer)
 
     def wrap_async(
         self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
     ) -> Callable[P, Coroutine[Any, Any, R]]:
         aacquire = self.aacquire
+        take_one, hit = self._fast_path()
 
-        async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-            await aacquire()
-            return await fn(*args, **kwargs)
+        def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
+            async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                if observer is not None and (
+                    otel_trace._TRACER_PROVIDER is not None
+                    or otel_metrics._METER_PROVIDER is not None
+                ):
+                    return await observer.call_async(unobserved, args, kwargs)
+                if take_one is not None and take_one(None):
+                    hit()
+                else:
+                    await aacquire()
+                return await fn(*args, **kwargs)
 
-        if observer is None:
             return limited
 
-        async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-            if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
-                return await observer.call_async(limited, args, kwargs)
-            await aacquire()
-            return await fn(*args, **kwargs)
-
-        return observed
+        unobserved = build(None)
+        return unobserved if observer is None else build(observer)
 
     def __enter__(self) -> Self:
         self.acquire()
@@ -359,6 +377,9 @@ class RateLimiter(_Acquiring):
         return BucketRequest(self.name, key, cost, self._spec)
 
     # -- acquiring -------------------------------------------------------------------------
+
+    def _fast_path(self) -> tuple[Callable[[Key], bool] | None, Callable[[], object]]:
+        return self._take_one, self._acquired.__next__
 
     def try_acquire(self, key: Key = None, cost: int = 1) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if it has them now; never waits."""
