@@ -90,5 +90,6 @@ def print_table(title: str, results: dict[str, float], *, baseline: str, unit: s
     print(f"| {'case'.ljust(width)} | {unit}/call | x {baseline} |")
     print(f"|{'-' * (width + 2)}|---------:|{'-' * (len(baseline) + 4)}:|")
     for label, value in results.items():
-        ratio = value / base if base > 0 else float("nan")
-        print(f"| {label.ljust(width)} | {value:8.1f} | {ratio:{len(baseline) + 3}.2f} |")
+        # A baseline at (or, by noise, below) zero overhead has no meaningful ratio.
+        ratio = f"{value / base:.2f}" if base > 1.0 else "-"
+        print(f"| {label.ljust(width)} | {value:8.1f} | {ratio:>{len(baseline) + 3}} |")
