@@ -62,10 +62,32 @@ def with_sdk() -> None:
         with tracer.start_as_current_span("bare"):
             return target()
 
+    attributes = {"resilience.policy.kind": "retry", "resilience.policy.name": "bench"}
+
+    def span_with_attributes() -> int:
+        with tracer.start_as_current_span("bare", attributes=attributes):
+            return target()
+
+    from resilience.telemetry import otel
+
     retry = rs.Retry(attempts=3, backoff=rs.Backoff.constant(0), name="bench")
+    decorated = retry(target)
+
+    def span_only() -> int:
+        otel.configure(call_metrics=False)
+        try:
+            return decorated()
+        finally:
+            otel.configure(call_metrics=True)
+
     compare(
-        "telemetry, SDK configured: decorated retry (span + metrics) vs one bare span",
-        [Case("one bare span", bare_span), Case("retry, decorated", retry(target))],
+        "telemetry, SDK configured: decorated retry vs one bare span",
+        [
+            Case("one bare span", bare_span),
+            Case("one span with the 2 policy attributes", span_with_attributes),
+            Case("retry, decorated: span + call metrics", decorated),
+            Case("retry, decorated: span only (call_metrics=False)", span_only),
+        ],
         baseline="one bare span",
         number=20_000,
     )
@@ -74,7 +96,9 @@ def with_sdk() -> None:
 def main() -> None:
     without_sdk()
     here = Path(__file__).resolve().parent
-    code = f"import sys; sys.path.insert(0, {str(here)!r}); import bench_telemetry as b; b.with_sdk()"
+    code = (
+        f"import sys; sys.path.insert(0, {str(here)!r}); import bench_telemetry as b; b.with_sdk()"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -235,3 +235,13 @@ async def test_timeout_bulkhead_and_fallback_report_too(otel: OTel) -> None:
     assert total("resilience.fallback.uses") == 1
     assert total("resilience.bulkhead.rejections") == 1
     assert total("resilience.timeout.expirations") == 1
+
+
+def test_call_metrics_can_be_left_to_the_spans(otel: OTel) -> None:
+    rs_otel.configure(call_metrics=False)
+    try:
+        rs.Retry(name="spans-only")(lambda: 1)()
+    finally:
+        rs_otel.configure(call_metrics=True)
+    assert [s.name for s in otel.spans.get_finished_spans()] == ["retry spans-only"]
+    assert otel.points("resilience.call.duration") == []

@@ -75,24 +75,38 @@ def otel_configured() -> bool:
 
 
 class _Settings:
-    __slots__ = ("enabled", "key_attributes")
+    __slots__ = ("call_metrics", "enabled", "key_attributes")
 
     def __init__(self) -> None:
         self.enabled = True
         self.key_attributes = False
+        self.call_metrics = True
 
 
 _SETTINGS = _Settings()
 
 
-def configure(*, enabled: bool | None = None, key_attributes: bool | None = None) -> None:
-    """Turn the OpenTelemetry adapter off (``enabled=False``) even with an SDK, or
-    add rate-limiter keys to metric attributes (``key_attributes=True``: mind the
-    cardinality)."""
+def configure(
+    *,
+    enabled: bool | None = None,
+    key_attributes: bool | None = None,
+    call_metrics: bool | None = None,
+) -> None:
+    """Adjust the OpenTelemetry adapter.
+
+    ``enabled=False`` turns it off even with an SDK configured;
+    ``key_attributes=True`` adds rate-limiter keys to metric attributes (mind the
+    cardinality); ``call_metrics=False`` stops recording ``resilience.call.duration``
+    per call (the SDK's histogram costs about as much as a span: drop it if you
+    derive call metrics from spans, e.g. with the Collector's spanmetrics
+    connector). Other metrics, from failure paths, stay.
+    """
     if enabled is not None:
         _SETTINGS.enabled = enabled
     if key_attributes is not None:
         _SETTINGS.key_attributes = key_attributes
+    if call_metrics is not None:
+        _SETTINGS.call_metrics = call_metrics
 
 
 # -- instruments, rebuilt whenever the global providers change ---------------------------
@@ -280,7 +294,7 @@ class CallObserver:
         )
 
     def _finish(self, started: float, outcome: str, error_type: str | None) -> None:
-        if otel_metrics._METER_PROVIDER is None:
+        if otel_metrics._METER_PROVIDER is None or not _SETTINGS.call_metrics:
             return
         if error_type is None or outcome == "success":
             attributes = self._success_attributes
