@@ -25,6 +25,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 from pydantic import Field
 
+from ._counters import counter_value
 from ._deadline import wait_budget
 from ._policy import Policy
 from ._validation import OptionsModel, Seconds, build_options
@@ -59,11 +60,6 @@ class BulkheadStatistics:
     queued: int
     calls: int
     rejections: int
-
-
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count is advanced atomically under the GIL; its repr holds its value.
-    return int(repr(counter)[6:-1])
 
 
 class _ThreadWaiter:
@@ -175,8 +171,8 @@ class Bulkhead(Policy):
             max_queued=self._max_queued,
             active=active,
             queued=queued,
-            calls=_counter_value(self._calls),
-            rejections=_counter_value(self._rejections),
+            calls=counter_value(self._calls),
+            rejections=counter_value(self._rejections),
         )
 
     # -- slots ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Generic, ParamSpec, TypeVar, cast
 from pydantic import Field, ValidationInfo, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._counters import counter_value
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, build_options
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
@@ -114,11 +115,6 @@ class FallbackStatistics:
     """Of those, the ones it answered (a cached fallback may have nothing young enough)."""
 
 
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count is advanced atomically under the GIL; its repr holds its value.
-    return int(repr(counter)[6:-1])
-
-
 class _Counts:
     __slots__ = ("calls", "failures", "fallbacks")
 
@@ -130,9 +126,9 @@ class _Counts:
     def statistics(self, name: str) -> FallbackStatistics:
         return FallbackStatistics(
             name=name,
-            calls=_counter_value(self.calls),
-            failures=_counter_value(self.failures),
-            fallbacks=_counter_value(self.fallbacks),
+            calls=counter_value(self.calls),
+            failures=counter_value(self.failures),
+            fallbacks=counter_value(self.fallbacks),
         )
 
 

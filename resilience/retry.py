@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
 from pydantic import Field, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._counters import counter_value
 from ._deadline import remaining_time
 from ._policy import Policy
 from ._testing_mode import TESTING_MODE
@@ -142,11 +143,6 @@ class RetryStatistics:
     retries: int
     successes: int
     give_ups: int
-
-
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count is advanced atomically under the GIL; its repr is its value.
-    return int(repr(counter)[6:-1])
 
 
 class _Call:
@@ -317,16 +313,16 @@ class Retry(Policy):
     @property
     def statistics(self) -> RetryStatistics:
         """Counts over every call made through this object so far."""
-        fast = _counter_value(self._fast_successes)
-        slow_calls = _counter_value(self._slow_calls)
-        retries = _counter_value(self._retries)
+        fast = counter_value(self._fast_successes)
+        slow_calls = counter_value(self._slow_calls)
+        retries = counter_value(self._retries)
         calls = fast + slow_calls
         return RetryStatistics(
             calls=calls,
             attempts=calls + retries,
             retries=retries,
-            successes=fast + _counter_value(self._slow_successes),
-            give_ups=_counter_value(self._give_ups),
+            successes=fast + counter_value(self._slow_successes),
+            give_ups=counter_value(self._give_ups),
         )
 
     # -- the decision shared by every driver ------------------------------------------

@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 from pydantic import Field
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._counters import counter_value
 from ._deadline import DEADLINE, RawDeadline, tighter
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, build_options
@@ -68,11 +69,6 @@ class TimeoutStatistics:
     calls: int
     timeouts: int
     abandoned_threads: int
-
-
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count is advanced atomically under the GIL; its repr holds its value.
-    return int(repr(counter)[6:-1])
 
 
 class Timeout(Policy):
@@ -136,9 +132,9 @@ class Timeout(Policy):
         return TimeoutStatistics(
             name=self.name,
             seconds=self._seconds,
-            calls=_counter_value(self._calls),
-            timeouts=_counter_value(self._timeouts),
-            abandoned_threads=_counter_value(self._abandoned),
+            calls=counter_value(self._calls),
+            timeouts=counter_value(self._timeouts),
+            abandoned_threads=counter_value(self._abandoned),
         )
 
     def _count_timeout(self, seconds: float) -> None:
