@@ -151,3 +151,22 @@ def test_structlog_path() -> None:
     assert captured[0]["level"] == "info"
     assert captured[0]["policy"] == "sl"
     assert "s3cr3t" not in json.dumps(captured, default=str)
+
+
+def test_a_circuit_opening_is_a_warning_and_closing_is_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    breaker = rs.CircuitBreaker("logs", failure_threshold=1, break_duration=5, clock=clock)
+    with caplog.at_level(logging.INFO, logger="resilience"):
+        with pytest.raises(ConnectionError):
+            breaker.call(flaky(1))
+        clock.advance(5)
+        assert breaker.call(lambda: "ok") == "ok"
+    changes = [
+        (r.resilience["new_state"], r.levelno)
+        for r in caplog.records
+        if getattr(r, "resilience", {}).get("event") == "circuit_breaker.state_changed"
+    ]
+    assert ("open", logging.WARNING) in changes
+    assert ("closed", logging.INFO) in changes

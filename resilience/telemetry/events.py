@@ -121,7 +121,11 @@ class CircuitStateChanged(Event):
     new_state: str
     reason: str
     name: ClassVar[str] = "circuit_breaker.state_changed"
-    level: ClassVar[int] = logging.INFO
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        """WARNING when the circuit opens (calls are being rejected), INFO otherwise."""
+        return logging.WARNING if self.new_state in ("open", "forced_open") else logging.INFO
 
     def message(self) -> str:
         return f"circuit {self.policy!r}: {self.old_state} -> {self.new_state} ({self.reason})"
