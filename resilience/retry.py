@@ -10,6 +10,7 @@ itself. Sync and async drivers are thin loops around the same decision method,
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 import random
@@ -30,7 +31,7 @@ from pydantic import Field, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._counters import counter_value
-from ._deadline import remaining_time
+from ._deadline import DEADLINE, RawDeadline, remaining_time, tighter
 from ._policy import Policy
 from ._testing_mode import TESTING_MODE
 from ._validation import OptionsModel, PositiveSeconds, build_options
@@ -327,6 +328,14 @@ class Retry(Policy):
 
     # -- the decision shared by every driver ------------------------------------------
 
+    def _deadline_scope(self, start: float) -> contextvars.Token[RawDeadline | None] | None:
+        """Make this retry's own deadline the ambient one for the call, so that what
+        runs inside (a rate limiter's wait, a bulkhead's queue, ``remaining_time()``)
+        is bounded by it too. Only retries with a deadline pay for it."""
+        if self._deadline is None:
+            return None
+        return DEADLINE.set(tighter(start, self._deadline, self._clock, self.name))
+
     def _start_call(self, start: float | None) -> _Call:
         next(self._slow_calls)
         return _Call(
@@ -355,7 +364,7 @@ class Retry(Policy):
             delay = max(delay, min(retry_after, self._retry_after_ceiling))
         if self._deadline is not None:
             elapsed = self._clock.now() - call.start
-            if elapsed + delay > self._deadline:
+            if elapsed + delay >= self._deadline:  # no time would be left to try
                 raise _GiveUp("deadline")
         # An enclosing Timeout's deadline: never sleep into it (no time would be left).
         left = remaining_time()
@@ -430,6 +439,7 @@ class Retry(Policy):
         retry_rest = self._retry_rest_sync
         check = self._retry_if_result
         now = self._clock.now
+        deadline_scope = self._deadline_scope
         simple = self._deadline is None and check is None
 
         # One body, built twice: without an observer (what an observer calls
@@ -464,16 +474,21 @@ class Retry(Policy):
                 ):
                     return observer.call_sync(unobserved, args, kwargs)
                 start = now()
+                scope = deadline_scope(start)
                 try:
-                    result = fn(*args, **kwargs)
-                except Exception as exc:
-                    failure = exc
-                else:
-                    if check is None or not check(result):
-                        hit()
-                        return result
-                    return retry_rest(fn, args, kwargs, None, result, start)
-                return retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        if check is None or not check(result):
+                            hit()
+                            return result
+                        return retry_rest(fn, args, kwargs, None, result, start)
+                    return retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
+                finally:
+                    if scope is not None:
+                        DEADLINE.reset(scope)
 
             return retrying_checked
 
@@ -520,6 +535,7 @@ class Retry(Policy):
         retry_rest = self._retry_rest_async
         check = self._retry_if_result
         now = self._clock.now
+        deadline_scope = self._deadline_scope
         simple = self._deadline is None and check is None
 
         def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -549,16 +565,21 @@ class Retry(Policy):
                 ):
                     return await observer.call_async(unobserved, args, kwargs)
                 start = now()
+                scope = deadline_scope(start)
                 try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    failure = exc
-                else:
-                    if check is None or not check(result):
-                        hit()
-                        return result
-                    return await retry_rest(fn, args, kwargs, None, result, start)
-                return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except Exception as exc:
+                        failure = exc
+                    else:
+                        if check is None or not check(result):
+                            hit()
+                            return result
+                        return await retry_rest(fn, args, kwargs, None, result, start)
+                    return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
+                finally:
+                    if scope is not None:
+                        DEADLINE.reset(scope)
 
             return retrying_checked
 
@@ -601,34 +622,44 @@ class Retry(Policy):
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)``, retrying as configured."""
         start = self._clock.now()
+        scope = self._deadline_scope(start)
         try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            # Leave the except block first: retrying inside it would chain every
-            # later exception to this one through __context__.
-            failure = exc
-        else:
-            check = self._retry_if_result
-            if check is not None and check(result):
-                return self._retry_rest_sync(fn, args, kwargs, None, result, start)
-            next(self._fast_successes)
-            return result
-        return self._retry_rest_sync(fn, args, kwargs, failure, _NO_RESULT, start)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                # Leave the except block first: retrying inside it would chain every
+                # later exception to this one through __context__.
+                failure = exc
+            else:
+                check = self._retry_if_result
+                if check is not None and check(result):
+                    return self._retry_rest_sync(fn, args, kwargs, None, result, start)
+                next(self._fast_successes)
+                return result
+            return self._retry_rest_sync(fn, args, kwargs, failure, _NO_RESULT, start)
+        finally:
+            if scope is not None:
+                DEADLINE.reset(scope)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call and await ``fn(*args, **kwargs)``, retrying as configured."""
         start = self._clock.now()
+        scope = self._deadline_scope(start)
         try:
-            result = await fn(*args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        else:
-            check = self._retry_if_result
-            if check is not None and check(result):
-                return await self._retry_rest_async(fn, args, kwargs, None, result, start)
-            next(self._fast_successes)
-            return result
-        return await self._retry_rest_async(fn, args, kwargs, failure, _NO_RESULT, start)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+            else:
+                check = self._retry_if_result
+                if check is not None and check(result):
+                    return await self._retry_rest_async(fn, args, kwargs, None, result, start)
+                next(self._fast_successes)
+                return result
+            return await self._retry_rest_async(fn, args, kwargs, failure, _NO_RESULT, start)
+        finally:
+            if scope is not None:
+                DEADLINE.reset(scope)
 
     # -- block form: ``for attempt in retry: with attempt: ...`` ------------------------
 

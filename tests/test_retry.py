@@ -169,11 +169,29 @@ def test_never_sleeps_past_the_deadline() -> None:
     flaky = Flaky(100, clock=clock, duration=1.0)
     with pytest.raises(ConnectionError) as caught:
         retry.call(flaky)
-    # t=1 fail, sleep 4 -> t=5 (attempt 2) fail at 6, sleep 4 -> 10: would end at 10 exactly...
-    # attempt 3 runs 10..11, then waiting 4 more would reach 15 > 10: give up.
-    assert clock.sleeps == [4.0, 4.0]
-    assert flaky.calls == 3
+    # t=1 fail, sleep 4 -> t=5: attempt 2 fails at 6; waiting 4 more would reach the
+    # deadline itself, leaving no time to try: give up instead.
+    assert clock.sleeps == [4.0]
+    assert flaky.calls == 2
     assert "deadline" in caught.value.__notes__[0]
+
+
+def test_a_retry_deadline_bounds_what_runs_inside() -> None:
+    clock = FakeClock()
+    limiter = rs.RateLimiter("inner", rate=1, per=30.0, clock=clock)  # waits without limit
+    retry = rs.Retry(attempts=3, backoff=rs.Backoff.constant(0.1), deadline=5.0, clock=clock)
+    seen: list[float | None] = []
+
+    def op() -> str:
+        seen.append(rs.remaining_time())
+        limiter.acquire()
+        return "ok"
+
+    assert retry.call(op) == "ok"
+    with pytest.raises(rs.RateLimitExceeded):
+        retry.call(op)  # the next token is 30 s away: past the retry's 5 s deadline
+    assert clock.sleeps == []  # neither the limiter nor the retry waited in vain
+    assert seen[0] == 5.0
 
 
 def test_deadline_accepts_timedelta() -> None:
