@@ -29,6 +29,7 @@ from .pipeline import Pipeline
 from .ratelimit import RateLimiter, RateLimiterStatistics
 from .registry import PolicySnapshot, Registry, RegistrySnapshot
 from .retry import Attempt, Retry, RetryInfo, RetryStatistics, with_retry
+from .storage import MemoryStore, store_from_url
 from .timeout import Timeout, TimeoutStatistics
 
 __version__ = VERSION
@@ -53,6 +54,7 @@ __all__ = [
     "Fallback",
     "FallbackStatistics",
     "Jitter",
+    "MemoryStore",
     "Pipeline",
     "Policy",
     "PolicySnapshot",
@@ -77,5 +79,6 @@ __all__ = [
     "http_pipeline",
     "parse_retry_after",
     "remaining_time",
+    "store_from_url",
     "with_retry",
 ]

@@ -18,6 +18,7 @@ call runs. A lock guards only the window and the local copy of the circuit.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -406,10 +407,8 @@ class CircuitBreaker(Policy):
         self._polling = self._unwatch is None
         # A with-block needs no admission steps while closed, unless it must be timed.
         self._fast_block = not self._judges_results() and not self._polling
-        try:
+        with contextlib.suppress(StoreUnavailable):  # else the first call that needs it loads it
             self._adopt(store.breaker_load(self.name, self._clock.now()), self._clock.now())
-        except StoreUnavailable:
-            pass  # unknown for now: the first call that needs the circuit loads it
         track_breaker(self)  # the state gauge of the OpenTelemetry adapter (held weakly)
 
     # -- public state -------------------------------------------------------------
@@ -597,6 +596,14 @@ class CircuitBreaker(Policy):
                 yield from trip
             return
         if ticket == _BYPASS:
+            return
+        if outcome in (FAILURE, SLOW):
+            # Re-open at once, without handing the permit back first: a permit
+            # released before the transition could admit one more probe, in
+            # another process, into a half-open period that is already lost.
+            # (The transition drops every permit of the version.)
+            reason = "probe call was slow" if outcome == SLOW else "probe call failed"
+            yield from self._transition(ticket, CircuitState.OPEN, reason, self._trips + 1, now)
             return
         succeeded = None if outcome == IGNORED else outcome == SUCCESS
         successes = yield ("breaker_release_probe", self.name, ticket, succeeded)

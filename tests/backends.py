@@ -19,6 +19,9 @@ POSTGRES_DSN = os.environ.get(
     "RESILIENCE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REQUIRED = os.environ.get("RESILIENCE_REQUIRE_BACKENDS") == "1"
+# Store calls in tests that are not about faults get a generous timeout: a
+# loaded CI machine must not turn a slow answer into a StoreUnavailable.
+STORE_TIMEOUT = 5.0
 
 
 def _reachable(url: str, default_port: int) -> str | None:

@@ -183,6 +183,7 @@ class MemoryBucketStore:
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
+        super().__init__()  # cooperative: other policies' memory stores may be mixed in
         self._bucket_clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._bucket_tables: dict[str, BucketTable] = {}
         mutex: queue.SimpleQueue[None] = queue.SimpleQueue()

@@ -1,0 +1,547 @@
+"""One conformance suite, run unchanged against every store backend.
+
+Backends: memory, SQLite (a temp file), PostgreSQL (the real server, see
+``tests/backends.py``) and Redis (when ``resilience.storage.redis`` exists).
+Every test uses names of its own (a uuid), so runs never collide.
+
+Stores with an injectable clock (memory, SQLite) are held to the in-memory
+reference *exactly*, on a shared :class:`FakeClock`. Stores that use their
+server's clock (PostgreSQL, Redis) are compared with tolerances: their buckets
+refill so slowly (one token per ``SLOW`` seconds) that the real time a test
+takes never changes a decision, and waits agree within ``TOLERANCE`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+import resilience as rs
+from resilience._breaker_core import CircuitState
+from resilience._bucket import BucketSpec, Decision
+from resilience.storage import MemoryStore, store_from_url
+from resilience.storage.breakers import BreakerStore, CircuitSnapshot
+from resilience.storage.buckets import BucketRequest, BucketStore
+from resilience.testing import FakeClock
+
+from .backends import STORE_TIMEOUT, require_postgres, require_redis
+
+SLOW = 1000.0  # seconds per token for server-clock backends
+TOLERANCE = 5.0  # seconds of real time a server-clock comparison may absorb
+
+
+@dataclass
+class Backend:
+    """A store under test; ``clock`` is set when the store reads an injected clock."""
+
+    name: str
+    store: Any
+    clock: FakeClock | None
+
+    @property
+    def exact(self) -> bool:
+        return self.clock is not None
+
+    def interval(self, exact_interval: float) -> float:
+        """Seconds per token to use: the test's own, or SLOW on a server clock."""
+        return exact_interval if self.exact else SLOW
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            result = close()
+            if asyncio.iscoroutine(result):  # pragma: no cover - an async-only close
+                asyncio.run(result)
+
+
+def _memory(tmp: Path) -> Backend:
+    clock = FakeClock(1000.0)
+    return Backend("memory", MemoryStore(clock), clock)
+
+
+def _sqlite(tmp: Path) -> Backend:
+    clock = FakeClock(1000.0)
+    store = store_from_url(f"sqlite:///{tmp / 'store.db'}", clock=clock, breaker_staleness=0.0)
+    return Backend("sqlite", store, clock)
+
+
+def _postgres(tmp: Path) -> Backend:
+    dsn = require_postgres()
+    return Backend("postgres", store_from_url(dsn, table="resilience_test"), None)
+
+
+def _redis(tmp: Path) -> Backend:
+    try:
+        module = importlib.import_module("resilience.storage.redis")
+    except ImportError as error:
+        pytest.skip(f"resilience.storage.redis is not available yet ({error})")
+    url = require_redis()
+    return Backend("redis", module.RedisStore.from_url(url, timeout=STORE_TIMEOUT), None)
+
+
+FACTORIES: dict[str, Callable[[Path], Backend]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+    "redis": _redis,
+}
+
+
+@pytest.fixture(params=list(FACTORIES))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    made = FACTORIES[request.param](tmp_path)
+    yield made
+    made.close()
+
+
+def fresh(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def advance(backend: Backend, seconds: float) -> None:
+    assert backend.clock is not None
+    backend.clock.advance(seconds)
+
+
+def close_to(actual: float, expected: float, backend: Backend, scale: float = 1.0) -> bool:
+    """Equal on an injected clock; within the tolerance (scaled) on a server clock."""
+    if backend.exact:
+        return actual == expected
+    return abs(actual - expected) <= TOLERANCE * scale
+
+
+# -- the protocols -----------------------------------------------------------------------
+
+
+def test_implements_both_protocols(backend: Backend) -> None:
+    assert isinstance(backend.store, BucketStore)
+    assert isinstance(backend.store, BreakerStore)
+    assert backend.store.breaker_staleness >= 0
+
+
+def test_a_bucket_grants_its_burst_then_refuses(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    interval = backend.interval(1.0)
+    spec = BucketSpec.of(rate=1, per=interval, burst=3)
+    one = [BucketRequest(name, None, 1, spec)]
+    assert store.bucket_tokens(name, None, spec) == 3.0
+    assert [store.bucket_take(one).granted for _ in range(3)] == [True, True, True]
+    refused = store.bucket_take(one)
+    assert not refused.granted and refused.wait == 0.0 and refused.reserved == ()
+    assert 0 < refused.retry_after <= interval
+    assert close_to(refused.retry_after, interval, backend)
+    assert refused.tokens == pytest.approx(0.0, abs=0.01)
+    if backend.exact:
+        advance(backend, 1.0)
+        assert store.bucket_take(one).granted
+
+
+def test_keys_and_names_are_separate_buckets(backend: Backend) -> None:
+    store, name, other = backend.store, fresh(), fresh()
+    spec = BucketSpec.of(rate=1, per=backend.interval(1.0), burst=1)
+    assert store.bucket_take([BucketRequest(name, None, 1, spec)]).granted
+    for key_name, key in ((name, ""), (name, "a"), (other, None), (name, "=")):
+        assert store.bucket_take([BucketRequest(key_name, key, 1, spec)]).granted, (key_name, key)
+    assert not store.bucket_take([BucketRequest(name, None, 1, spec)]).granted
+    assert not store.bucket_take([BucketRequest(name, "", 1, spec)]).granted
+
+
+def test_a_composite_take_is_all_or_nothing(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    interval = backend.interval(1.0)
+    spec = BucketSpec.of(rate=1, per=interval, burst=2)
+    both = [BucketRequest(name, "a", 2, spec), BucketRequest(name, "b", 1, spec)]
+    assert store.bucket_take(both).granted
+    refused = store.bucket_take(both)
+    assert not refused.granted
+    assert close_to(refused.retry_after, 2 * interval, backend)
+    # The refusal took nothing from "b", which still has its second token.
+    assert store.bucket_tokens(name, "b", spec) == pytest.approx(1.0, abs=0.01)
+    assert store.bucket_take([BucketRequest(name, "b", 1, spec)]).granted
+
+
+def test_a_reservation_waits_and_can_be_refunded(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    interval = backend.interval(1.0)
+    spec = BucketSpec.of(rate=1, per=interval, burst=1)
+    one = [BucketRequest(name, None, 1, spec)]
+    assert store.bucket_take(one).granted
+    assert not store.bucket_take(one, max_wait=interval / 2).granted  # too far away
+    reserved = store.bucket_take(one, max_wait=math.inf)
+    assert reserved.granted and close_to(reserved.wait, interval, backend)
+    assert len(reserved.reserved) == 1
+    store.bucket_refund(one, reserved.reserved)  # nobody reserved since: handed back
+    again = store.bucket_take(one, max_wait=math.inf)
+    assert close_to(again.wait, interval, backend)
+    later = store.bucket_take(one, max_wait=math.inf)  # queued behind `again`
+    assert close_to(later.wait, 2 * interval, backend)
+    store.bucket_refund(one, again.reserved)  # someone reserved since: no effect
+    assert close_to(store.bucket_take(one, max_wait=math.inf).wait, 3 * interval, backend)
+
+
+def test_penalize_pauses_a_bucket(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    interval = backend.interval(1.0)
+    spec = BucketSpec.of(rate=1, per=interval, burst=5)
+    pause = 3 * interval
+    store.bucket_penalize(name, "k", spec, pause)
+    refused = store.bucket_take([BucketRequest(name, "k", 1, spec)])
+    assert not refused.granted and close_to(refused.retry_after, pause, backend)
+    store.bucket_penalize(name, "k", spec, interval)  # never shortens a longer pause
+    assert close_to(
+        store.bucket_take([BucketRequest(name, "k", 1, spec)]).retry_after, pause, backend
+    )
+
+
+async def test_async_twins_share_the_buckets(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    spec = BucketSpec.of(rate=1, per=backend.interval(1.0), burst=2)
+    one = [BucketRequest(name, None, 1, spec)]
+    assert (await store.abucket_take(one)).granted
+    assert store.bucket_take(one).granted
+    assert not (await store.abucket_take(one)).granted
+    assert await store.abucket_tokens(name, None, spec) == pytest.approx(0.0, abs=0.01)
+    reserved = await store.abucket_take(one, max_wait=math.inf)
+    await store.abucket_refund(one, reserved.reserved)
+    await store.abucket_penalize(name, None, spec, 10 * spec.interval)
+    assert not store.bucket_take(one, max_wait=5 * spec.interval).granted
+    assert (await store.abreaker_load(fresh(), 0.0)).version == 0
+
+
+# -- circuits ----------------------------------------------------------------------------
+
+
+def now_of(backend: Backend) -> float:
+    return backend.clock.now() if backend.clock is not None else 0.0
+
+
+def test_a_circuit_starts_closed_and_moves_by_compare_and_set(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    now = now_of(backend)
+    assert store.breaker_load(name, now) == CircuitSnapshot(
+        CircuitState.CLOSED, 0, 0, "initial state", 0.0
+    )
+    won, snapshot = store.breaker_transition(name, 0, CircuitState.OPEN, "boom", 1, 30.0, now)
+    assert won and snapshot.state is CircuitState.OPEN and snapshot.version == 1
+    assert snapshot.trips == 1 and snapshot.reason == "boom"
+    assert close_to(snapshot.break_remaining, 30.0, backend)
+    lost, current = store.breaker_transition(name, 0, CircuitState.OPEN, "late", 1, 5.0, now)
+    assert not lost and current.version == 1 and current.reason == "boom"
+    if backend.exact:
+        advance(backend, 10.0)
+        assert store.breaker_load(name, now + 10.0).break_remaining == 20.0
+    loaded = store.breaker_load(name, now_of(backend))
+    assert loaded.state is CircuitState.OPEN and loaded.version == 1
+    won, closed = store.breaker_transition(
+        name, 1, CircuitState.CLOSED, "reset", 0, 0.0, now_of(backend)
+    )
+    assert won and closed == CircuitSnapshot(CircuitState.CLOSED, 2, 0, "reset", 0.0)
+    assert store.breaker_load(name, now_of(backend)) == closed
+
+
+def test_probe_permits_are_limited_per_version(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    now = now_of(backend)
+    assert not store.breaker_acquire_probe(name, 0, 1)  # closed: no probes
+    store.breaker_transition(name, 0, CircuitState.OPEN, "boom", 1, 1.0, now)
+    assert not store.breaker_acquire_probe(name, 1, 1)  # open: no probes
+    store.breaker_transition(name, 1, CircuitState.HALF_OPEN, "probe", 1, 0.0, now)
+    assert [store.breaker_acquire_probe(name, 2, 2) for _ in range(3)] == [True, True, False]
+    assert not store.breaker_acquire_probe(name, 1, 5)  # a stale version gets nothing
+    assert store.breaker_release_probe(name, 2, True) == 1
+    assert store.breaker_acquire_probe(name, 2, 2)  # a permit came back
+    assert store.breaker_release_probe(name, 2, None) == 1  # no verdict: not a success
+    assert store.breaker_release_probe(name, 1, True) == -1  # moved on
+    store.breaker_transition(name, 2, CircuitState.HALF_OPEN, "again", 1, 0.0, now)
+    assert store.breaker_release_probe(name, 2, True) == -1
+    assert [store.breaker_acquire_probe(name, 3, 1) for _ in range(2)] == [True, False]
+
+
+async def test_circuit_async_twins(backend: Backend) -> None:
+    store, name = backend.store, fresh()
+    now = now_of(backend)
+    won, _ = await store.abreaker_transition(name, 0, CircuitState.HALF_OPEN, "x", 1, 0.0, now)
+    assert won
+    assert await store.abreaker_acquire_probe(name, 1, 1)
+    assert not await store.abreaker_acquire_probe(name, 1, 1)
+    assert await store.abreaker_release_probe(name, 1, True) == 1
+    assert (await store.abreaker_load(name, now)).state is CircuitState.HALF_OPEN
+
+
+def test_watch_pushes_or_says_it_cannot(backend: Backend) -> None:
+    seen: list[CircuitSnapshot] = []
+    name = fresh()
+    unwatch = backend.store.breaker_watch(name, seen.append)
+    if unwatch is None:
+        assert backend.store.breaker_staleness > 0 or backend.name == "sqlite"
+        return
+    backend.store.breaker_transition(name, 0, CircuitState.OPEN, "x", 1, 1.0, now_of(backend))
+    unwatch()
+
+
+# -- the policies on top of each store -------------------------------------------------------
+
+
+def test_a_rate_limiter_on_the_store(backend: Backend) -> None:
+    name = fresh()
+    limiter = rs.RateLimiter(
+        name, rate=1, per=backend.interval(1.0), burst=2, store=backend.store, clock=backend.clock
+    )
+    assert limiter.try_acquire() and limiter.try_acquire()
+    assert not limiter.try_acquire()
+    with pytest.raises(rs.RateLimitExceeded) as refused:
+        limiter.acquire(timeout=0)
+    assert refused.value.retry_after is not None and refused.value.retry_after > 0
+    assert limiter.try_acquire(key="other", cost=2)
+    twin = rs.RateLimiter(
+        name, rate=1, per=backend.interval(1.0), burst=2, store=backend.store, clock=backend.clock
+    )
+    assert not twin.try_acquire()  # same name, same store: same bucket
+
+
+def test_a_circuit_breaker_on_the_store(backend: Backend) -> None:
+    clock = backend.clock if backend.clock is not None else FakeClock()
+    name = fresh()
+
+    def breaker() -> rs.CircuitBreaker:
+        return rs.CircuitBreaker(
+            name, failure_threshold=2, break_duration=100.0, store=backend.store, clock=clock
+        )
+
+    first, second = breaker(), breaker()
+
+    def boom() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            first.call(boom)
+    assert first.state is rs.CircuitState.OPEN
+    clock.advance(2.0)  # past the cache's staleness
+    with pytest.raises(rs.CircuitOpenError):
+        second.call(lambda: None)  # the other breaker sees the shared circuit
+
+
+# -- the stateful comparison with the in-memory reference ---------------------------------------
+
+BUCKETS = [("a", None), ("a", "k"), ("b", None)]
+PAUSES = {1: 1.3, 2: 2.17, 3: 3.41, 4: 4.05}  # in intervals; fractions all distinct
+
+
+def spec_of(name: str, exact: bool) -> BucketSpec:
+    burst = 3 if name == "a" else 2
+    interval = (0.5 if name == "a" else 0.25) if exact else SLOW
+    return BucketSpec.of(rate=1, per=interval, burst=burst)
+
+
+class BucketMachine(RuleBasedStateMachine):
+    """The backend and the memory reference see the same operations."""
+
+    backend: Backend
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = fresh("m")
+        clock = self.backend.clock
+        self.reference = MemoryStore(clock if clock is not None else FakeClock(0.0))
+        # (requests, the reference's decision, the backend's decision)
+        self.reservations: list[tuple[list[BucketRequest], Decision, Decision]] = []
+
+    def requests(self, picks: list[int], costs: list[int]) -> list[BucketRequest]:
+        chosen = sorted(set(picks))
+        out = []
+        for index, cost in zip(chosen, costs, strict=False):
+            name, key = BUCKETS[index]
+            spec = spec_of(name, self.backend.exact)
+            out.append(BucketRequest(f"{self.prefix}-{name}", key, min(cost, spec.burst), spec))
+        return out
+
+    def same(self, actual: Decision, expected: Decision) -> None:
+        if self.backend.exact:
+            # A store may forget a full bucket at any time (the protocol allows
+            # it; SQLite sweeps idle rows): a reservation's "before" is then
+            # -inf where the reference still has a past time. Both mean "full".
+            now = self.reference._bucket_clock.now()
+            assert (actual.granted, actual.wait, actual.retry_after, actual.tokens) == (
+                expected.granted,
+                expected.wait,
+                expected.retry_after,
+                expected.tokens,
+            )
+            assert len(actual.reserved) == len(expected.reserved)
+            for (before, after), (ref_before, ref_after) in zip(
+                actual.reserved, expected.reserved, strict=True
+            ):
+                assert after == ref_after
+                assert before == ref_before or (before <= now and ref_before <= now)
+            return
+        assert actual.granted == expected.granted, (actual, expected)
+        assert abs(actual.wait - expected.wait) <= TOLERANCE
+        assert abs(actual.retry_after - expected.retry_after) <= TOLERANCE
+        assert abs(actual.tokens - expected.tokens) <= 0.01
+        assert len(actual.reserved) == len(expected.reserved)
+
+    @rule(
+        picks=st.lists(st.integers(0, len(BUCKETS) - 1), min_size=1, max_size=3),
+        costs=st.lists(st.integers(1, 3), min_size=3, max_size=3),
+        wait_steps=st.sampled_from([0.0, 1.37, 4.61, math.inf]),
+    )
+    def take(self, picks: list[int], costs: list[int], wait_steps: float) -> None:
+        requests = self.requests(picks, costs)
+        # max_wait in units of the slowest interval, never exactly on a possible wait.
+        max_wait = wait_steps * max(request.spec.interval for request in requests)
+        expected = self.reference.bucket_take(requests, max_wait)
+        actual = self.backend.store.bucket_take(requests, max_wait)
+        self.same(actual, expected)
+        if expected.reserved:
+            self.reservations.append((requests, expected, actual))
+
+    @precondition(lambda self: bool(self.reservations))
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        index = data.draw(st.integers(0, len(self.reservations) - 1))
+        requests, expected, actual = self.reservations.pop(index)
+        self.reference.bucket_refund(requests, expected.reserved)
+        self.backend.store.bucket_refund(requests, actual.reserved)
+
+    @rule(index=st.integers(0, len(BUCKETS) - 1), steps=st.integers(1, 4))
+    def penalize(self, index: int, steps: int) -> None:
+        name, key = BUCKETS[index]
+        spec = spec_of(name, self.backend.exact)
+        # Pauses whose differences are never whole intervals, so that on a server
+        # clock (where time moves a little between operations) nothing ties.
+        seconds = PAUSES[steps] * spec.interval
+        self.reference.bucket_penalize(f"{self.prefix}-{name}", key, spec, seconds)
+        self.backend.store.bucket_penalize(f"{self.prefix}-{name}", key, spec, seconds)
+
+    @precondition(lambda self: self.backend.exact)
+    @rule(seconds=st.sampled_from([0.0625, 0.25, 0.3, 1.0, 2.5]))
+    def time_passes(self, seconds: float) -> None:
+        assert self.backend.clock is not None
+        self.backend.clock.advance(seconds)
+
+    @invariant()
+    def tokens_agree(self) -> None:
+        for name, key in BUCKETS:
+            spec = spec_of(name, self.backend.exact)
+            expected = self.reference.bucket_tokens(f"{self.prefix}-{name}", key, spec)
+            actual = self.backend.store.bucket_tokens(f"{self.prefix}-{name}", key, spec)
+            if self.backend.exact:
+                assert actual == expected
+            else:
+                assert abs(actual - expected) <= 0.01
+
+
+STATES = list(CircuitState)
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    """Compare-and-set transitions and probe permits, against the memory reference."""
+
+    backend: Backend
+    versions = Bundle("versions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = fresh("c")
+        self.reference = MemoryStore()
+        self.version = 0
+
+    def now(self) -> float:
+        clock = self.backend.clock
+        return clock.now() if clock is not None else 0.0
+
+    def same(self, actual: CircuitSnapshot, expected: CircuitSnapshot) -> None:
+        if self.backend.exact:
+            assert actual == expected
+            return
+        assert actual.state == expected.state and actual.version == expected.version
+        assert actual.trips == expected.trips and actual.reason == expected.reason
+        assert abs(actual.break_remaining - expected.break_remaining) <= TOLERANCE
+
+    @initialize(target=versions)
+    def start(self) -> int:
+        return 0
+
+    @rule(
+        target=versions,
+        expected=versions,
+        state=st.sampled_from(STATES),
+        trips=st.integers(0, 3),
+        duration=st.sampled_from([0.5, 30.0]),
+    )
+    def transition(self, expected: int, state: CircuitState, trips: int, duration: float) -> int:
+        now = self.now()
+        reason = f"to {state.value}"
+        want = self.reference.breaker_transition(
+            self.name, expected, state, reason, trips, duration, now
+        )
+        got = self.backend.store.breaker_transition(
+            self.name, expected, state, reason, trips, duration, now
+        )
+        assert got[0] == want[0]
+        self.same(got[1], want[1])
+        return want[1].version
+
+    @rule(version=versions, limit=st.integers(1, 3))
+    def acquire(self, version: int, limit: int) -> None:
+        want = self.reference.breaker_acquire_probe(self.name, version, limit)
+        assert self.backend.store.breaker_acquire_probe(self.name, version, limit) == want
+
+    @rule(version=versions, succeeded=st.sampled_from([True, False, None]))
+    def release(self, version: int, succeeded: bool | None) -> None:
+        want = self.reference.breaker_release_probe(self.name, version, succeeded)
+        assert self.backend.store.breaker_release_probe(self.name, version, succeeded) == want
+
+    @precondition(lambda self: self.backend.exact)
+    @rule(seconds=st.sampled_from([0.25, 1.0, 40.0]))
+    def time_passes(self, seconds: float) -> None:
+        assert self.backend.clock is not None
+        self.backend.clock.advance(seconds)
+
+    @invariant()
+    def snapshots_agree(self) -> None:
+        now = self.now()
+        self.same(
+            self.backend.store.breaker_load(self.name, now),
+            self.reference.breaker_load(self.name, now),
+        )
+
+
+def stateful(backend: Backend) -> settings:
+    # Network round trips cost more than memory or a local file: fewer examples.
+    return settings(
+        max_examples=30 if backend.exact else 15,
+        stateful_step_count=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
+def test_buckets_match_the_memory_reference(backend: Backend) -> None:
+    machine = type("Machine", (BucketMachine,), {"backend": backend})
+    run_state_machine_as_test(machine, settings=stateful(backend))
+
+
+def test_circuits_match_the_memory_reference(backend: Backend) -> None:
+    machine = type("Machine", (BreakerMachine,), {"backend": backend})
+    run_state_machine_as_test(machine, settings=stateful(backend))
