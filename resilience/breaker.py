@@ -408,7 +408,9 @@ class CircuitBreaker(Policy):
         # A with-block needs no admission steps while closed, unless it must be timed.
         self._fast_block = not self._judges_results() and not self._polling
         with contextlib.suppress(StoreUnavailable):  # else the first call that needs it loads it
-            self._adopt(store.breaker_load(self.name, self._clock.now()), self._clock.now())
+            self._adopt(
+                store.breaker_load(self.name, self._clock.now()), self._clock.now(), current=True
+            )
         track_breaker(self)  # the state gauge of the OpenTelemetry adapter (held weakly)
 
     # -- public state -------------------------------------------------------------
@@ -490,12 +492,21 @@ class CircuitBreaker(Policy):
         """Store push: another breaker (or this one) moved the circuit."""
         self._adopt(snapshot, self._clock.now())
 
-    def _adopt(self, snapshot: CircuitSnapshot, now: float) -> None:
-        """Take ``snapshot`` as the current circuit if it is newer; tell listeners."""
+    def _adopt(self, snapshot: CircuitSnapshot, now: float, *, current: bool = False) -> None:
+        """Take ``snapshot`` as the current circuit if it is newer; tell listeners.
+
+        ``current`` marks the store's answer to a load or a lost compare-and-set:
+        the circuit as it is now. If that is *older* than ours, the store has lost
+        its state (a Redis restarted without persistence); its answer wins, or
+        every transition of ours would keep failing against the reset version.
+        Pushed snapshots may arrive out of order, so an older one is ignored.
+        """
         with self._lock:
             if self._polling:
                 self._refresh_at = now + self._store.breaker_staleness
-            if snapshot.version <= self._version:
+            if snapshot.version == self._version or (
+                snapshot.version < self._version and not current
+            ):
                 return
             first_look = self._version < 0
             old = self._state
@@ -538,7 +549,7 @@ class CircuitBreaker(Policy):
             duration,
             now,
         )
-        self._adopt(snapshot, now)
+        self._adopt(snapshot, now, current=not won)
         return bool(won)
 
     def _force(self, state: CircuitState, reason: str) -> _Steps[None]:
@@ -551,7 +562,7 @@ class CircuitBreaker(Policy):
     def _refresh(self, now: float) -> _Steps[None]:
         if self._polling and now >= self._refresh_at:
             snapshot = yield ("breaker_load", self.name, now)
-            self._adopt(snapshot, now)
+            self._adopt(snapshot, now, current=True)
 
     def _admit(self, now: float) -> _Steps[int]:
         """Decide whether a call may run; return its ticket or raise ``CircuitOpenError``."""

@@ -517,3 +517,30 @@ def test_async_methods_without_an_async_client_use_a_thread(url: str) -> None:
     finally:
         client.close()
         drop_prefix(url, prefix)
+
+
+def test_a_breaker_recovers_when_redis_loses_its_circuit(store: RedisStore, url: str) -> None:
+    """Redis restarted without persistence: the circuit is back at version 0. The
+    breaker holding a newer version must take the store's word for it, or every
+    transition it tries keeps failing and it stays open for good."""
+    from resilience.testing import FakeClock
+
+    clock = FakeClock()
+    breaker = rs.CircuitBreaker(
+        "lost", failure_threshold=1, break_duration=5.0, store=store, clock=clock
+    )
+
+    def fail() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+    client = redis.Redis.from_url(url)
+    try:
+        client.delete(store.circuit_key("lost"))  # the data loss
+    finally:
+        client.close()
+    clock.advance(60.0)  # past the break and the store's staleness
+    assert breaker.call(lambda: "served") == "served"
+    assert breaker.state is CLOSED
