@@ -11,7 +11,7 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar, overload
 
 if TYPE_CHECKING:
     from .telemetry.otel import CallObserver
@@ -54,6 +54,17 @@ class Policy(ABC):
         self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
     ) -> Callable[P, Coroutine[Any, Any, R]]:
         """Return ``fn`` protected by this policy (``fn`` returns an awaitable)."""
+
+    @classmethod
+    def from_options(cls, options: Any) -> Self:
+        """Build the policy from already-validated options (its ``…Options`` model)."""
+        policy = cls.__new__(cls)
+        policy._configure(options)
+        return policy
+
+    def _configure(self, options: Any) -> None:
+        """Set the policy up from validated options; ``__init__`` validates, then calls it."""
+        raise NotImplementedError(f"{type(self).__name__} is not built from options")
 
     def observer(self) -> CallObserver:
         """The telemetry observer for a callable this policy decorates."""

@@ -48,6 +48,7 @@ from ._breaker_core import (
     probe_verdict,
 )
 from ._clock import SYSTEM_CLOCK, Clock
+from ._counters import counter_value
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, build_options
 from .classify import (
@@ -220,11 +221,6 @@ class BreakerStatistics:
     state_changes: int
 
 
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count advances atomically under the GIL; its repr holds its value.
-    return int(repr(counter)[6:-1])
-
-
 class CircuitBreaker(Policy):
     """A circuit breaker: rejects calls at once while a dependency keeps failing.
 
@@ -352,13 +348,6 @@ class CircuitBreaker(Policy):
         )
         self._configure(options)
 
-    @classmethod
-    def from_options(cls, options: BreakerOptions) -> CircuitBreaker:
-        """Build a breaker from already-validated options."""
-        breaker = cls.__new__(cls)
-        breaker._configure(options)
-        return breaker
-
     def _configure(self, options: BreakerOptions) -> None:
         self.options = options
         self.name = options.name
@@ -433,10 +422,10 @@ class CircuitBreaker(Policy):
     @property
     def statistics(self) -> BreakerStatistics:
         """Counts over every call made through this object so far."""
-        successes = _counter_value(self._c_fast_successes) + _counter_value(self._c_successes)
-        failures = _counter_value(self._c_failures)
-        slow = _counter_value(self._c_slow)
-        ignored = _counter_value(self._c_ignored)
+        successes = counter_value(self._c_fast_successes) + counter_value(self._c_successes)
+        failures = counter_value(self._c_failures)
+        slow = counter_value(self._c_slow)
+        ignored = counter_value(self._c_ignored)
         return BreakerStatistics(
             name=self.name,
             state=self._state,
@@ -445,8 +434,8 @@ class CircuitBreaker(Policy):
             failures=failures,
             slow_calls=slow,
             ignored=ignored,
-            rejections=_counter_value(self._c_rejections),
-            state_changes=_counter_value(self._c_state_changes),
+            rejections=counter_value(self._c_rejections),
+            state_changes=counter_value(self._c_state_changes),
         )
 
     def add_listener(self, listener: StateListener) -> StateListener:

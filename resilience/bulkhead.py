@@ -141,13 +141,6 @@ class Bulkhead(Policy):
         )
         self._configure(options)
 
-    @classmethod
-    def from_options(cls, options: BulkheadOptions) -> Bulkhead:
-        """Build a bulkhead from already-validated options."""
-        bulkhead = cls.__new__(cls)
-        bulkhead._configure(options)
-        return bulkhead
-
     def _configure(self, options: BulkheadOptions) -> None:
         self.options = options
         self.name = options.name

@@ -129,7 +129,7 @@ class PolicyKind:
         policy_type, model = self.load()
         prepared = self.prepare(dict(values), owner)
         options = build_options(model, owner, **prepared)
-        return policy_type.from_options(options)  # type: ignore[attr-defined, no-any-return]
+        return policy_type.from_options(options)
 
 
 def _kind(name: str, module: str, policy: str, options: str, **extra: Any) -> PolicyKind:

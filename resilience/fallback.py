@@ -161,13 +161,6 @@ class Fallback(Policy):
         )
         self._configure(options)
 
-    @classmethod
-    def from_options(cls, options: FallbackOptions) -> Fallback:
-        """Build a fallback from already-validated options."""
-        fallback = cls.__new__(cls)
-        fallback._configure(options)
-        return fallback
-
     def _configure(self, options: FallbackOptions) -> None:
         self.options = options
         self.name = options.name
@@ -316,13 +309,6 @@ class CachedFallback(Policy):
             clock=SYSTEM_CLOCK if clock is None else clock,
         )
         self._configure(options)
-
-    @classmethod
-    def from_options(cls, options: CachedFallbackOptions) -> CachedFallback:
-        """Build a cached fallback from already-validated options."""
-        fallback = cls.__new__(cls)
-        fallback._configure(options)
-        return fallback
 
     def _configure(self, options: CachedFallbackOptions) -> None:
         self.options = options

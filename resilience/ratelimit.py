@@ -32,6 +32,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from ._bucket import BucketSpec, Decision
 from ._clock import SYSTEM_CLOCK, Clock
+from ._counters import counter_value
 from ._deadline import remaining_time
 from ._policy import Policy
 from ._validation import OptionsModel, PositiveSeconds, Seconds, build_options
@@ -132,11 +133,6 @@ class RateLimiterStatistics:
     rejected: int
     waited: int
     tokens: float
-
-
-def _counter_value(counter: itertools.count[int]) -> int:
-    # itertools.count is advanced atomically under the GIL; its repr is its value.
-    return int(repr(counter)[6:-1])
 
 
 def _to_seconds(value: float | datetime.timedelta, field: str, owner: str) -> float:
@@ -295,13 +291,6 @@ class RateLimiter(_Acquiring):
         )
         self._configure(options)
 
-    @classmethod
-    def from_options(cls, options: RateLimiterOptions) -> RateLimiter:
-        """Build a limiter from already-validated options."""
-        limiter = cls.__new__(cls)
-        limiter._configure(options)
-        return limiter
-
     def _configure(self, options: RateLimiterOptions) -> None:
         assert options.burst is not None  # filled in by the options model
         self.options = options
@@ -352,9 +341,9 @@ class RateLimiter(_Acquiring):
     def statistics(self) -> RateLimiterStatistics:
         """Counts over every acquisition so far (reads the default bucket's tokens)."""
         return RateLimiterStatistics(
-            acquired=_counter_value(self._acquired),
-            rejected=_counter_value(self._rejected),
-            waited=_counter_value(self._waited),
+            acquired=counter_value(self._acquired),
+            rejected=counter_value(self._rejected),
+            waited=counter_value(self._waited),
             tokens=self.tokens(),
         )
 

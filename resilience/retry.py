@@ -242,13 +242,6 @@ class Retry(Policy):
             }
         self._configure(build_options(RetryOptions, owner, **values))
 
-    @classmethod
-    def from_options(cls, options: RetryOptions) -> Retry:
-        """Build a retry from already-validated options."""
-        retry = cls.__new__(cls)
-        retry._configure(options)
-        return retry
-
     def _configure(self, options: RetryOptions) -> None:
         self.options = options
         self.name = options.name

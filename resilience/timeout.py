@@ -106,13 +106,6 @@ class Timeout(Policy):
         )
         self._configure(options)
 
-    @classmethod
-    def from_options(cls, options: TimeoutOptions) -> Timeout:
-        """Build a timeout from already-validated options."""
-        timeout = cls.__new__(cls)
-        timeout._configure(options)
-        return timeout
-
     def _configure(self, options: TimeoutOptions) -> None:
         self.options = options
         self.name = options.name
