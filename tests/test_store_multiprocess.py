@@ -26,7 +26,7 @@ from resilience._breaker_core import CircuitState
 from .backends import require_postgres
 
 PROCESSES = 4
-RATE = 200.0  # tokens per second
+RATE = 50.0  # tokens per second: low enough that even a loaded machine hits the limit
 BURST = 20
 HAMMER = 1.5  # seconds each process hammers for
 HALF_OPEN_CALLS = 2
@@ -69,22 +69,24 @@ def _run(target: Callable[..., None], *args: Any) -> list[Any]:
     return collected
 
 
-def _hammer_limit(barrier: Any, index: int, store: Any, name: str) -> tuple[float, float, int]:
+def _hammer_limit(barrier: Any, index: int, store: Any, name: str) -> tuple[float, float, int, int]:
     limiter = rs.RateLimiter(name, rate=RATE, per=1.0, burst=BURST, store=store)
     limiter.tokens()  # connect before the start line
     barrier.wait()
     start = time.time()
-    granted = 0
+    granted = refused = 0
     while time.time() - start < HAMMER:
         if index == 0:  # one process reserves ahead (acquire waits up to 20 ms)
             try:
                 limiter.acquire(timeout=0.02)
                 granted += 1
             except rs.RateLimitExceeded:
-                pass
+                refused += 1
         elif limiter.try_acquire():
             granted += 1
-    return start, time.time(), granted
+        else:
+            refused += 1
+    return start, time.time(), granted, refused
 
 
 def _probe(barrier: Any, store: Any, name: str) -> tuple[int, int]:
@@ -144,13 +146,14 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 def test_processes_never_exceed_the_rate_limit(run: Any) -> None:
     _, _, results = run
-    starts, ends, granted = zip(*(limit for limit, _ in results), strict=True)
+    starts, ends, granted, refused = zip(*(limit for limit, _ in results), strict=True)
     elapsed = max(ends) - min(starts)
     total = sum(granted)
     limit = BURST + RATE * (elapsed + 0.02)  # + the reservation horizon
     assert total <= limit + 1e-6, (total, limit)
-    # And the limit was the bottleneck (the processes were not merely slow).
-    assert total >= 0.5 * RATE * HAMMER, (total, granted)
+    # And the limit was the bottleneck: the processes were refused, not merely slow.
+    assert sum(refused) > 0, (granted, refused)
+    assert total >= BURST, (total, granted)
 
 
 def test_processes_admit_no_more_than_the_half_open_probes(run: Any) -> None:
