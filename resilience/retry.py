@@ -432,7 +432,8 @@ class Retry(Policy):
         retry_rest = self._retry_rest_sync
         check = self._retry_if_result
         now = self._clock.now
-        deadline_scope = self._deadline_scope
+        deadline, clock, name = self._deadline, self._clock, self.name
+        get_deadline, set_deadline = DEADLINE.get, DEADLINE.set
         simple = self._deadline is None and check is None
 
         # One body, built twice: without an observer (what an observer calls
@@ -467,7 +468,14 @@ class Retry(Policy):
                 ):
                     return observer.call_sync(unobserved, args, kwargs)
                 start = now()
-                scope = deadline_scope(start)
+                # This retry's deadline flows inward (see _deadline_scope), built
+                # inline: this runs on the success path of every call.
+                if deadline is None:
+                    scope = None
+                elif get_deadline() is None:
+                    scope = set_deadline((start + deadline, clock, name, deadline))
+                else:
+                    scope = set_deadline(tighter(start, deadline, clock, name))
                 try:
                     try:
                         result = fn(*args, **kwargs)
@@ -528,7 +536,8 @@ class Retry(Policy):
         retry_rest = self._retry_rest_async
         check = self._retry_if_result
         now = self._clock.now
-        deadline_scope = self._deadline_scope
+        deadline, clock, name = self._deadline, self._clock, self.name
+        get_deadline, set_deadline = DEADLINE.get, DEADLINE.set
         simple = self._deadline is None and check is None
 
         def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -558,7 +567,14 @@ class Retry(Policy):
                 ):
                     return await observer.call_async(unobserved, args, kwargs)
                 start = now()
-                scope = deadline_scope(start)
+                # This retry's deadline flows inward (see _deadline_scope), built
+                # inline: this runs on the success path of every call.
+                if deadline is None:
+                    scope = None
+                elif get_deadline() is None:
+                    scope = set_deadline((start + deadline, clock, name, deadline))
+                else:
+                    scope = set_deadline(tighter(start, deadline, clock, name))
                 try:
                     try:
                         result = await fn(*args, **kwargs)
