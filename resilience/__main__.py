@@ -4,25 +4,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from . import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m resilience``; its help lists every command's options."""
+    from ._demo import add_arguments
+
     parser = argparse.ArgumentParser(
         prog="python -m resilience",
         description="resilience: retry, circuit breaker, rate limiter and more.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"resilience {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="run the library against a flaky local HTTP service and compare"
+        "demo",
+        help="drive a flaky local HTTP service with and without the library, and compare",
+        description=(
+            "Start a flaky HTTP service on 127.0.0.1 (503s, 429s with Retry-After, latency "
+            "spikes, a short outage) and send it the same workload twice: with plain httpx, "
+            "then through the standard HTTP pipeline (ResilientTransport) with a rate "
+            "limiter per host. Shows live progress and ends with a comparison table. "
+            "Needs the httpx extra: pip install 'resilience[httpx]'."
+        ),
     )
-    from ._demo import add_arguments, run_demo
-
     add_arguments(demo)
+    parser.epilog = "the demo command:\n" + textwrap.indent(demo.format_help(), "  ")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
+        from ._demo import run_demo
+
         return run_demo(args)
     parser.print_help()
     return 0
