@@ -81,7 +81,10 @@ def test_a_locked_row_times_out_then_the_store_recovers(dsn: str) -> None:
 
 def test_idle_buckets_are_swept(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgres_module, "SWEEP_EVERY", 10)
-    store = PostgresStore(dsn, table="resilience_test")
+    # A table of its own: a sweep deletes idle rows of the whole table, at most
+    # SWEEP_ROWS of them, so other tests' idle rows would compete for the slots.
+    table = f"resilience_sweep_{uuid.uuid4().hex[:12]}"
+    store = PostgresStore(dsn, table=table)
     name = fresh()
     quick = BucketSpec.of(rate=1000, per=1.0, burst=1)  # full again after 1 ms
     try:
@@ -93,6 +96,12 @@ def test_idle_buckets_are_swept(dsn: str, monkeypatch: pytest.MonkeyPatch) -> No
         assert store.bucket_count(name) < 60
     finally:
         store.close()
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            for suffix in ("buckets", "circuits"):
+                connection.execute(f'DROP TABLE IF EXISTS "{table}_{suffix}"')
+            connection.execute(f'DROP FUNCTION IF EXISTS "{table}_take_v4"')
+            connection.execute(f'DROP FUNCTION IF EXISTS "{table}_refund_v2"')
+            connection.execute(f'DROP FUNCTION IF EXISTS "{table}_lock_v1"')
 
 
 def test_composite_takes_in_opposite_orders_never_deadlock(dsn: str) -> None:
