@@ -36,8 +36,10 @@ __all__ = [
     "TripRule",
     "Window",
     "admission",
+    "MAX_BREAK",
     "break_duration",
     "probe_verdict",
+    "take_probe",
 ]
 
 SUCCESS: Final = 0
@@ -330,15 +332,39 @@ class TimeWindow(Window):
         return self._calls, self._bad, self._slow
 
 
+MAX_BREAK: Final = 10 * 365 * 86400.0
+"""The longest break there is (ten years): a grown break stops here, so no store
+is ever handed an infinite or overflowing duration."""
+
+
 def break_duration(trips: int, base: float, multiplier: float, maximum: float) -> float:
     """How long the circuit stays open after its ``trips``-th opening in a row (1-based)."""
     if multiplier == 1.0 or trips <= 1:
-        return min(base, maximum)
+        return min(base, maximum, MAX_BREAK)
     try:
         grown = base * multiplier ** (trips - 1)
     except OverflowError:
         grown = math.inf
-    return min(grown, maximum)
+    return min(grown, maximum, MAX_BREAK)
+
+
+def take_probe(
+    out: int, lapse_at: float, now: float, limit: int, lease: float
+) -> tuple[bool, int, float]:
+    """The shared-circuit rule for half-open probe permits, on one circuit version.
+
+    ``out`` permits are held; they lapse together ``lease`` seconds after the
+    last one was handed out (``lapse_at``), so permits held by a process that
+    died, or by a task cancelled before it could hand its permit back, cannot
+    wedge the circuit in HALF_OPEN. Returns ``(granted, out, lapse_at)``: the
+    new values to store. Every store applies this rule (memory and SQLite call
+    it; the Redis and PostgreSQL scripts are checked against it).
+    """
+    if now >= lapse_at:
+        out = 0
+    if out >= limit:
+        return False, out, lapse_at
+    return True, out + 1, now + lease
 
 
 class Admission(StrEnum):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Annotated, Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from ._breaker_core import (
     FAILURE,
@@ -97,26 +97,45 @@ _PASS = -1
 _BYPASS = -2
 
 _DEFAULT_THRESHOLD = 5
+# Bounds that keep windows allocatable and counts meaningful.
+_MAX_WINDOW_SIZE = 1_000_000
+_MAX_COUNT = 1_000_000
 _DEFAULT_WINDOW_SIZE = 100
 _DEFAULT_MINIMUM_CALLS = 10
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(
+            f"must be a finite number of seconds, got {value!r} "
+            "(to hold a circuit open until told otherwise, use isolate())"
+        )
+    return value
+
+
+FinitePositiveSeconds = Annotated[PositiveSeconds, AfterValidator(_finite)]
 
 
 class BreakerOptions(OptionsModel):
     """Validated options of a :class:`CircuitBreaker` (see its docstring)."""
 
     name: Annotated[str, Field(min_length=1)] = "breaker"
-    failure_threshold: Annotated[int, Field(ge=1)] | None = None
+    failure_threshold: Annotated[int, Field(ge=1, le=_MAX_COUNT)] | None = None
     failure_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
-    window_size: Annotated[int, Field(ge=1)] | None = None
+    window_size: Annotated[int, Field(ge=1, le=_MAX_WINDOW_SIZE)] | None = None
     window: PositiveSeconds | None = None
     window_buckets: Annotated[int, Field(ge=1, le=10_000)] = 10
-    minimum_calls: Annotated[int, Field(ge=1)] | None = None
+    minimum_calls: Annotated[int, Field(ge=1, le=_MAX_COUNT)] | None = None
     slow_call_duration: PositiveSeconds | None = None
     slow_call_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
-    break_duration: PositiveSeconds = 30.0
+    break_duration: FinitePositiveSeconds = 30.0
     break_multiplier: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
-    max_break_duration: PositiveSeconds | None = None
-    half_open_calls: Annotated[int, Field(ge=1)] = 1
+    max_break_duration: FinitePositiveSeconds | None = None
+    half_open_calls: Annotated[int, Field(ge=1, le=_MAX_COUNT)] = 1
+    probe_lease: FinitePositiveSeconds | None = None
+    """Seconds a half-open probe may hold its permit; ``None``: the store's
+    ``probe_lease`` (60 s by default). A probe that never returns (its process
+    killed, its task cancelled) cannot wedge the circuit for longer."""
     failure_on: Any = None
     failure_if_result: Callable[[Any], bool] | None = None
     classifier: Any = None
@@ -277,6 +296,8 @@ class CircuitBreaker(Policy):
         "_failure_if_result",
         "_fast_block",
         "_half_open_calls",
+        "_last_failure",
+        "_probe_lease",
         "_is_failure",
         "_listeners",
         "_lock",
@@ -314,6 +335,7 @@ class CircuitBreaker(Policy):
         break_multiplier: float = 1.0,
         max_break_duration: float | Any | None = None,
         half_open_calls: int = 1,
+        probe_lease: float | Any | None = None,
         failure_on: FailureOn | ErrorClass | str | type[BaseException] | None = None,
         failure_if_result: Callable[[Any], bool] | None = None,
         classifier: ClassifierLike | Iterable[ClassifierLike] = None,
@@ -338,6 +360,7 @@ class CircuitBreaker(Policy):
             break_multiplier=break_multiplier,
             max_break_duration=max_break_duration,
             half_open_calls=half_open_calls,
+            probe_lease=probe_lease,
             failure_on=failure_on,
             failure_if_result=failure_if_result,
             classifier=classifier,
@@ -358,6 +381,9 @@ class CircuitBreaker(Policy):
         self._failure_if_result = options.failure_if_result
         self._slow_call_duration = options.slow_call_duration
         self._half_open_calls = options.half_open_calls
+        self._probe_lease = options.probe_lease
+        # The failure that last counted against the circuit, for CircuitOpenError.opened_by.
+        self._last_failure: BaseException | None = None
         self._base_break = options.break_duration
         self._break_multiplier = options.break_multiplier
         self._break_ceiling = (
@@ -506,6 +532,8 @@ class CircuitBreaker(Policy):
             self._open_until = now + snapshot.break_remaining
             self._window.clear()  # a new period of the circuit starts with an empty window
             self._closed = new is CircuitState.CLOSED
+            if self._closed:
+                self._last_failure = None
             listeners = self._listeners
         if old is new or first_look:
             return
@@ -571,7 +599,14 @@ class CircuitBreaker(Policy):
                 )
                 continue
             if decision is Admission.PROBE:
-                granted = yield ("breaker_acquire_probe", self.name, version, self._half_open_calls)
+                granted = yield (
+                    "breaker_acquire_probe",
+                    self.name,
+                    version,
+                    self._half_open_calls,
+                    self._probe_lease,
+                    now,
+                )
                 if granted:
                     return version
             break
@@ -585,7 +620,8 @@ class CircuitBreaker(Policy):
             retry_after = max(0.0, self._open_until - now)
         if HUB.active:
             HUB.emit(CallRejected(self.name, state.value, retry_after))
-        return CircuitOpenError(self.name, retry_after)
+        opened_by = self._last_failure if state is not CircuitState.FORCED_OPEN else None
+        return CircuitOpenError(self.name, retry_after, opened_by=opened_by)
 
     def _finish(self, ticket: int, outcome: int, now: float) -> _Steps[None]:
         """Record the outcome of an admitted call; open or close the circuit if due."""
@@ -628,7 +664,9 @@ class CircuitBreaker(Policy):
             version = self._version
         if reason is None:
             return None
-        return self._transition(version, CircuitState.OPEN, reason, 1, now)
+        # Read the clock again: an untimed window is handed 0.0, and the break
+        # must start now, not at the epoch of the clock.
+        return self._transition(version, CircuitState.OPEN, reason, 1, self._clock.now())
 
     def _count(self, outcome: int) -> None:
         if outcome == SUCCESS:
@@ -643,15 +681,31 @@ class CircuitBreaker(Policy):
     def _outcome_of_error(self, exc: BaseException, start: float | None) -> int:
         if not isinstance(exc, Exception):
             return IGNORED
-        if self._is_failure(exc, None):
+        try:
+            failed = self._is_failure(exc, None)
+        except Exception:
+            return self._broken_judge("failure_on/classifier")
+        if failed:
+            self._last_failure = exc
             return FAILURE
         return self._outcome_of_time(start)
 
     def _outcome_of_result(self, result: Any, start: float | None) -> int:
         check = self._failure_if_result
-        if check is not None and check(result):
-            return FAILURE
+        if check is not None:
+            try:
+                failed = check(result)
+            except Exception:
+                return self._broken_judge("failure_if_result")
+            if failed:
+                return FAILURE
         return self._outcome_of_time(start)
+
+    def _broken_judge(self, what: str) -> int:
+        # A raising predicate must neither replace the protected call's outcome
+        # nor keep a probe permit: the call counts as neither success nor failure.
+        _log.exception("circuit breaker %r: %s raised; the call is not counted", self.name, what)
+        return IGNORED
 
     def _outcome_of_time(self, start: float | None) -> int:
         limit = self._slow_call_duration
@@ -746,7 +800,7 @@ class CircuitBreaker(Policy):
             if reason is None:
                 return None
             version = self._version
-        return self._transition(version, CircuitState.OPEN, reason, 1, now)
+        return self._transition(version, CircuitState.OPEN, reason, 1, self._clock.now())
 
     def _judges_results(self) -> bool:
         """True when a returned value needs judging (result check or slow-call timing)."""

@@ -52,9 +52,21 @@ class _RejectedError(ResilienceError):
 class CircuitOpenError(_RejectedError):
     """A circuit breaker is open (or forced open) and rejected the call."""
 
-    def __init__(self, name: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        retry_after: float | None = None,
+        *,
+        opened_by: BaseException | None = None,
+    ) -> None:
         when = "" if retry_after is None else f"; retry after {retry_after:.3f}s"
         super().__init__(f"circuit {name!r} is open{when}", name=name, retry_after=retry_after)
+        self.opened_by = opened_by
+        """The failure that opened the circuit, when this process saw it (else
+        ``None``); also this error's ``__cause__``, so the root cause survives a
+        retry that gives up on the rejection."""
+        if opened_by is not None:
+            self.__cause__ = opened_by
 
 
 class RateLimitExceeded(_RejectedError):

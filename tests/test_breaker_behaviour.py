@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -595,3 +596,167 @@ def test_a_retry_outside_the_breaker_waits_out_the_break(clock: FakeClock) -> No
 def test_circuit_open_error_is_transient_with_retry_after() -> None:
     classification = rs.classify(rs.CircuitOpenError("p", 3.5))
     assert classification == rs.Classification(rs.ErrorClass.TRANSIENT, 3.5)
+
+
+# -- probes that never come back, predicates that raise, the root cause (issue 11) ------------
+
+FAR = 1_700_000_000.25  # far from zero: a clock at 0 hides "now" mistakes
+
+
+def _tripped(clock: FakeClock, **options: Any) -> CircuitBreaker:
+    breaker = CircuitBreaker("p", failure_threshold=1, break_duration=5.0, clock=clock, **options)
+    with pytest.raises(ConnectionError):
+        breaker.call(_raise, ConnectionError("down"))
+    return breaker
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def test_a_probe_that_never_returns_lapses_after_its_lease() -> None:
+    clock = FakeClock(FAR)
+    breaker = _tripped(clock, probe_lease=30.0)
+    clock.advance(5.0)
+    stuck = breaker.__enter__()  # a probe whose thread hangs forever: never exits
+    assert stuck.state is CircuitState.HALF_OPEN
+    clock.advance(29.0)
+    with pytest.raises(rs.CircuitOpenError):
+        breaker.call(int)  # the permit is still held
+    clock.advance(1.0)
+    assert breaker.call(int) == 0  # lapsed: a new probe runs, and closes the circuit
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_the_default_lease_frees_a_wedged_half_open_circuit() -> None:
+    clock = FakeClock(FAR)
+    breaker = _tripped(clock)
+    clock.advance(5.0)
+    breaker.__enter__()
+    clock.advance(59.0)
+    with pytest.raises(rs.CircuitOpenError):
+        breaker.call(int)
+    clock.advance(1.0)
+    assert breaker.call(int) == 0
+
+
+@pytest.mark.parametrize("lease", [0, 0.0, -1.0, math.inf, math.nan, True])
+def test_probe_lease_is_validated(lease: Any) -> None:
+    with pytest.raises(rs.ConfigurationError, match="probe_lease"):
+        CircuitBreaker("p", probe_lease=lease)
+
+
+@pytest.mark.parametrize("field", ["break_duration", "max_break_duration"])
+def test_an_infinite_break_is_refused(field: str) -> None:
+    with pytest.raises(rs.ConfigurationError, match=field):
+        CircuitBreaker("p", **{field: math.inf})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("window_size", 10**26), ("failure_threshold", 10**26), ("half_open_calls", 10**9)],
+)
+def test_counts_have_an_upper_bound(field: str, value: int) -> None:
+    options: dict[str, Any] = {field: value}
+    if field == "window_size":
+        options["failure_ratio"] = 0.5
+    with pytest.raises(rs.ConfigurationError, match=field):
+        CircuitBreaker("p", **options)
+
+
+def test_a_grown_break_stays_finite() -> None:
+    from resilience._breaker_core import MAX_BREAK, break_duration
+
+    assert break_duration(10_000, 1.0, 2.0, math.inf) == MAX_BREAK
+    assert break_duration(1, 1e300, 1.0, math.inf) == MAX_BREAK
+
+
+def _raising_failure_on(exc: BaseException) -> bool:
+    raise RuntimeError("broken predicate")
+
+
+@pytest.mark.parametrize("form", ["call", "with"])
+def test_a_raising_failure_on_during_a_probe_hands_the_permit_back(
+    form: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(FAR)
+    calls: list[int] = []
+
+    def judge(exc: BaseException) -> bool:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("broken predicate")
+        return True
+
+    breaker = _tripped(clock, failure_on=judge)
+    clock.advance(5.0)
+    with pytest.raises(ValueError, match="the call's own"):  # the call's outcome survives
+        if form == "call":
+            breaker.call(_raise, ValueError("the call's own error"))
+        else:
+            with breaker:
+                raise ValueError("the call's own error")
+    assert "failure_on" in caplog.text
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.call(int) == 0  # the permit came back: the next probe runs
+    assert breaker.state is CircuitState.CLOSED
+
+
+async def test_a_raising_failure_if_result_during_an_async_probe_hands_the_permit_back() -> None:
+    clock = FakeClock(FAR)
+    results: list[object] = []
+
+    def judge(result: object) -> bool:
+        results.append(result)
+        if result == "bad":
+            raise RuntimeError("broken predicate")
+        return False
+
+    breaker = CircuitBreaker(
+        "p", failure_threshold=1, break_duration=5.0, clock=clock, failure_if_result=judge
+    )
+    with pytest.raises(ConnectionError):
+        await breaker.acall(_araise, ConnectionError("down"))
+    clock.advance(5.0)
+
+    async def bad() -> str:
+        return "bad"
+
+    assert await breaker.acall(bad) == "bad"  # the result is returned, not the predicate's error
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert await breaker.acall(asyncio.sleep, 0) is None
+    assert breaker.state is CircuitState.CLOSED
+
+
+async def _araise(error: BaseException) -> None:
+    raise error
+
+
+def test_a_rejection_carries_the_failure_that_opened_the_circuit() -> None:
+    clock = FakeClock(FAR)
+    breaker = _tripped(clock)
+    with pytest.raises(rs.CircuitOpenError) as rejected:
+        breaker.call(int)
+    assert isinstance(rejected.value.opened_by, ConnectionError)
+    assert rejected.value.__cause__ is rejected.value.opened_by
+    breaker.isolate()
+    with pytest.raises(rs.CircuitOpenError) as forced:
+        breaker.call(int)
+    assert forced.value.opened_by is None  # isolated by hand: no failure to blame
+
+
+def test_a_retry_giving_up_on_an_open_circuit_keeps_the_root_cause() -> None:
+    clock = FakeClock(FAR)
+    breaker = CircuitBreaker("p", failure_threshold=2, break_duration=600.0, clock=clock)
+    # The deadline is shorter than the break: the retry gives up on the rejection.
+    retry = Retry(attempts=4, backoff=rs.Backoff.constant(1.0), deadline=30.0, clock=clock)
+
+    class PaymentGatewayDown(ConnectionError):
+        pass
+
+    def pay() -> None:
+        raise PaymentGatewayDown("gateway 502")
+
+    with pytest.raises(rs.CircuitOpenError) as gave_up:
+        retry.call(breaker.wrap_sync(pay))
+    assert isinstance(gave_up.value.__cause__, PaymentGatewayDown)

@@ -56,26 +56,26 @@ def test_transition_is_compare_and_set_on_the_version() -> None:
 
 def test_probe_permits_are_bounded_and_belong_to_a_version() -> None:
     store = MemoryBreakerStore()
-    assert not store.breaker_acquire_probe("c", 0, 5)  # not half-open
+    assert not store.breaker_acquire_probe("c", 0, 5, None, 0.0)  # not half-open
     store.breaker_transition("c", 0, HALF_OPEN, "probing", 1, 0.0, 0.0)
-    assert store.breaker_acquire_probe("c", 1, 2)
-    assert store.breaker_acquire_probe("c", 1, 2)
-    assert not store.breaker_acquire_probe("c", 1, 2)
-    assert not store.breaker_acquire_probe("c", 0, 2)  # stale version
+    assert store.breaker_acquire_probe("c", 1, 2, None, 0.0)
+    assert store.breaker_acquire_probe("c", 1, 2, None, 0.0)
+    assert not store.breaker_acquire_probe("c", 1, 2, None, 0.0)
+    assert not store.breaker_acquire_probe("c", 0, 2, None, 0.0)  # stale version
     assert store.breaker_release_probe("c", 1, True) == 1
     assert store.breaker_release_probe("c", 1, None) == 1  # no verdict: just the permit back
-    assert store.breaker_acquire_probe("c", 1, 2)
+    assert store.breaker_acquire_probe("c", 1, 2, None, 0.0)
     store.breaker_transition("c", 1, CLOSED, "closed", 0, 0.0, 0.0)
     assert store.breaker_release_probe("c", 1, True) == -1  # the circuit moved on
     store.breaker_transition("c", 2, HALF_OPEN, "probing", 1, 0.0, 0.0)
-    assert store.breaker_acquire_probe("c", 3, 1)  # a transition drops all permits
+    assert store.breaker_acquire_probe("c", 3, 1, None, 0.0)  # a transition drops all permits
 
 
 async def test_async_twins() -> None:
     store = MemoryBreakerStore()
     won, _ = await store.abreaker_transition("c", 0, HALF_OPEN, "probing", 1, 0.0, 0.0)
     assert won
-    assert await store.abreaker_acquire_probe("c", 1, 1)
+    assert await store.abreaker_acquire_probe("c", 1, 1, None, 0.0)
     assert await store.abreaker_release_probe("c", 1, False) == 0
     assert (await store.abreaker_load("c", 0.0)).state is HALF_OPEN
 

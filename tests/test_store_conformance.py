@@ -14,6 +14,7 @@ takes never changes a decision, and waits agree within ``TOLERANCE`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import math
 import uuid
@@ -38,6 +39,7 @@ from hypothesis.stateful import (
 import resilience as rs
 from resilience._breaker_core import CircuitState
 from resilience._bucket import BucketSpec, Decision
+from resilience._clock import SYSTEM_CLOCK, Clock
 from resilience.storage import MemoryStore, store_from_url
 from resilience.storage.breakers import BreakerStore, CircuitSnapshot
 from resilience.storage.buckets import BucketRequest, BucketStore
@@ -46,6 +48,9 @@ from resilience.testing import FakeClock
 from .backends import STORE_TIMEOUT, require_postgres, require_redis
 
 SLOW = 1000.0  # seconds per token for server-clock backends
+# Clocks start far from zero: a clock at 0 once hid a bug that made every shared
+# breaker skip its break (a transition handed now=0.0 looked like one long ago).
+FAR = 1_700_000_000.25
 TOLERANCE = 5.0  # seconds of real time a server-clock comparison may absorb
 
 
@@ -74,12 +79,12 @@ class Backend:
 
 
 def _memory(tmp: Path) -> Backend:
-    clock = FakeClock(1000.0)
+    clock = FakeClock(FAR)
     return Backend("memory", MemoryStore(clock), clock)
 
 
 def _sqlite(tmp: Path) -> Backend:
-    clock = FakeClock(1000.0)
+    clock = FakeClock(FAR)
     store = store_from_url(f"sqlite:///{tmp / 'store.db'}", clock=clock, breaker_staleness=0.0)
     return Backend("sqlite", store, clock)
 
@@ -261,19 +266,23 @@ def test_a_circuit_starts_closed_and_moves_by_compare_and_set(backend: Backend) 
 def test_probe_permits_are_limited_per_version(backend: Backend) -> None:
     store, name = backend.store, fresh()
     now = now_of(backend)
-    assert not store.breaker_acquire_probe(name, 0, 1)  # closed: no probes
+    assert not store.breaker_acquire_probe(name, 0, 1, None, now)  # closed: no probes
     store.breaker_transition(name, 0, CircuitState.OPEN, "boom", 1, 1.0, now)
-    assert not store.breaker_acquire_probe(name, 1, 1)  # open: no probes
+    assert not store.breaker_acquire_probe(name, 1, 1, None, now)  # open: no probes
     store.breaker_transition(name, 1, CircuitState.HALF_OPEN, "probe", 1, 0.0, now)
-    assert [store.breaker_acquire_probe(name, 2, 2) for _ in range(3)] == [True, True, False]
-    assert not store.breaker_acquire_probe(name, 1, 5)  # a stale version gets nothing
+    assert [store.breaker_acquire_probe(name, 2, 2, None, now) for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert not store.breaker_acquire_probe(name, 1, 5, None, now)  # a stale version gets nothing
     assert store.breaker_release_probe(name, 2, True) == 1
-    assert store.breaker_acquire_probe(name, 2, 2)  # a permit came back
+    assert store.breaker_acquire_probe(name, 2, 2, None, now)  # a permit came back
     assert store.breaker_release_probe(name, 2, None) == 1  # no verdict: not a success
     assert store.breaker_release_probe(name, 1, True) == -1  # moved on
     store.breaker_transition(name, 2, CircuitState.HALF_OPEN, "again", 1, 0.0, now)
     assert store.breaker_release_probe(name, 2, True) == -1
-    assert [store.breaker_acquire_probe(name, 3, 1) for _ in range(2)] == [True, False]
+    assert [store.breaker_acquire_probe(name, 3, 1, None, now) for _ in range(2)] == [True, False]
 
 
 async def test_circuit_async_twins(backend: Backend) -> None:
@@ -281,8 +290,8 @@ async def test_circuit_async_twins(backend: Backend) -> None:
     now = now_of(backend)
     won, _ = await store.abreaker_transition(name, 0, CircuitState.HALF_OPEN, "x", 1, 0.0, now)
     assert won
-    assert await store.abreaker_acquire_probe(name, 1, 1)
-    assert not await store.abreaker_acquire_probe(name, 1, 1)
+    assert await store.abreaker_acquire_probe(name, 1, 1, None, now)
+    assert not await store.abreaker_acquire_probe(name, 1, 1, None, now)
     assert await store.abreaker_release_probe(name, 1, True) == 1
     assert (await store.abreaker_load(name, now)).state is CircuitState.HALF_OPEN
 
@@ -319,7 +328,7 @@ def test_a_rate_limiter_on_the_store(backend: Backend) -> None:
 
 
 def test_a_circuit_breaker_on_the_store(backend: Backend) -> None:
-    clock = backend.clock if backend.clock is not None else FakeClock()
+    clock = backend.clock if backend.clock is not None else FakeClock(FAR)
     name = fresh()
 
     def breaker() -> rs.CircuitBreaker:
@@ -502,10 +511,14 @@ class BreakerMachine(RuleBasedStateMachine):
         self.same(got[1], want[1])
         return want[1].version
 
-    @rule(version=versions, limit=st.integers(1, 3))
-    def acquire(self, version: int, limit: int) -> None:
-        want = self.reference.breaker_acquire_probe(self.name, version, limit)
-        assert self.backend.store.breaker_acquire_probe(self.name, version, limit) == want
+    @rule(version=versions, limit=st.integers(1, 3), lease=st.sampled_from([None, 0.5, 30.0]))
+    def acquire(self, version: int, limit: int, lease: float | None) -> None:
+        if not self.backend.exact and lease is not None:
+            lease = SLOW  # a server clock moves on its own: only leases that cannot lapse
+        now = self.now()
+        want = self.reference.breaker_acquire_probe(self.name, version, limit, lease, now)
+        got = self.backend.store.breaker_acquire_probe(self.name, version, limit, lease, now)
+        assert got == want
 
     @rule(version=versions, succeeded=st.sampled_from([True, False, None]))
     def release(self, version: int, succeeded: bool | None) -> None:
@@ -545,3 +558,174 @@ def test_buckets_match_the_memory_reference(backend: Backend) -> None:
 def test_circuits_match_the_memory_reference(backend: Backend) -> None:
     machine = type("Machine", (BreakerMachine,), {"backend": backend})
     run_state_machine_as_test(machine, settings=stateful(backend))
+
+
+# -- a breaker holds its break, and its probes cannot wedge it, on every store ----------------
+
+TRIPS: dict[str, dict[str, Any]] = {
+    "consecutive": {"failure_threshold": 2},
+    "count window": {"failure_ratio": 0.5, "window_size": 4, "minimum_calls": 2},
+    "time window": {"failure_ratio": 0.5, "window": 60.0, "minimum_calls": 2},
+}
+
+
+@pytest.fixture(params=["far clock", "real clock"])
+def policy_clock(request: pytest.FixtureRequest, backend: Backend) -> Clock:
+    """The breakers' clock: the store's far-from-zero fake clock, or the real one."""
+    if request.param == "real clock":
+        return SYSTEM_CLOCK
+    return backend.clock if backend.clock is not None else FakeClock(FAR)
+
+
+def _boom() -> None:
+    raise ConnectionError("down")
+
+
+async def _aboom() -> None:
+    raise ConnectionError("down")
+
+
+@pytest.mark.parametrize("trip", list(TRIPS))
+def test_a_trip_from_closed_holds_its_break(
+    backend: Backend, policy_clock: Clock, trip: str
+) -> None:
+    name = fresh()
+
+    def breaker() -> rs.CircuitBreaker:
+        return rs.CircuitBreaker(
+            name, break_duration=100.0, store=backend.store, clock=policy_clock, **TRIPS[trip]
+        )
+
+    tripping = breaker()
+    other = breaker()  # already watching (or polling) when the circuit opens
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            tripping.call(_boom)
+    assert tripping.state is rs.CircuitState.OPEN
+    assert tripping.retry_after is not None and tripping.retry_after > 50
+    with pytest.raises(rs.CircuitOpenError) as rejected:
+        tripping.call(int)  # the next call is rejected: it must not run as a probe
+    assert rejected.value.retry_after is not None and rejected.value.retry_after > 50
+    assert isinstance(rejected.value.__cause__, ConnectionError)
+    shared = backend.store.breaker_load(name, policy_clock.now())
+    assert shared.state is rs.CircuitState.OPEN and shared.version == 1
+    assert shared.break_remaining > 50
+    later = breaker()  # built after the trip: finds the break still running
+    for each in (other, later):
+        if isinstance(policy_clock, FakeClock):
+            policy_clock.advance(2.0)  # past any cache's staleness; far from the break's end
+        with pytest.raises(rs.CircuitOpenError) as seen:
+            each.call(int)
+        assert seen.value.retry_after is not None and seen.value.retry_after > 50
+    assert backend.store.breaker_load(name, policy_clock.now()).version == 1  # nobody probed
+
+
+async def test_an_async_trip_holds_its_break(backend: Backend, policy_clock: Clock) -> None:
+    name = fresh()
+    breaker = rs.CircuitBreaker(
+        name, failure_threshold=2, break_duration=100.0, store=backend.store, clock=policy_clock
+    )
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await breaker.acall(_aboom)
+    with pytest.raises(rs.CircuitOpenError) as rejected:
+        async with breaker:
+            pass
+    assert rejected.value.retry_after is not None and rejected.value.retry_after > 50
+    shared = await backend.store.abreaker_load(name, policy_clock.now())
+    assert shared.state is rs.CircuitState.OPEN and shared.version == 1
+
+
+def _half_open(backend: Backend, name: str, lease: float) -> tuple[rs.CircuitBreaker, FakeClock]:
+    """A breaker whose circuit is HALF_OPEN on the store, with no permit taken yet."""
+    clock = backend.clock if backend.clock is not None else FakeClock(FAR)
+    breaker = rs.CircuitBreaker(
+        name,
+        failure_threshold=1,
+        break_duration=1.0,
+        probe_lease=lease,
+        store=backend.store,
+        clock=clock,
+    )
+    with pytest.raises(ConnectionError):
+        breaker.call(_boom)
+    clock.advance(1.0)
+    won, snapshot = backend.store.breaker_transition(
+        name, 1, CircuitState.HALF_OPEN, "break duration elapsed", 1, 0.0, clock.now()
+    )
+    assert won and snapshot.version == 2
+    return breaker, clock
+
+
+def _until_lapsed(
+    backend: Backend, clock: FakeClock, lease: float, probe: Callable[[], bool]
+) -> None:
+    """Let ``lease`` pass (on the store's clock) and check ``probe`` is then admitted."""
+    if backend.exact:
+        clock.advance(lease)
+        assert probe()
+        return
+    # A server clock moves only in real time: poll, bounded, for the lease to lapse.
+    import time
+
+    give_up = time.monotonic() + 10 * lease + 5.0
+    while not probe():
+        assert time.monotonic() < give_up, "the probe permit never lapsed"
+        time.sleep(lease / 4)
+
+
+def test_a_probe_permit_held_by_a_dead_process_lapses(backend: Backend) -> None:
+    name, lease = fresh(), 0.2
+    breaker, clock = _half_open(backend, name, lease)
+    # A process took the only permit, then died without handing it back.
+    assert backend.store.breaker_acquire_probe(name, 2, 1, lease, clock.now())
+    with pytest.raises(rs.CircuitOpenError):
+        breaker.call(int)  # the permit is out: no second probe
+
+    def admitted() -> bool:
+        try:
+            breaker.call(int)
+        except rs.CircuitOpenError:
+            return False
+        return True
+
+    _until_lapsed(backend, clock, lease, admitted)
+    assert breaker.state is rs.CircuitState.CLOSED  # the probe succeeded and closed it
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_a_probe_cancelled_at_any_await_point_cannot_wedge_the_circuit(
+    backend: Backend, steps: int
+) -> None:
+    name, lease = fresh(), 0.2
+    breaker, clock = _half_open(backend, name, lease)
+    never = asyncio.Event()
+
+    async def hang() -> None:
+        await never.wait()
+
+    task = asyncio.create_task(breaker.acall(hang))
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, rs.CircuitOpenError):
+        await task
+
+    async def admitted() -> bool:
+        try:
+            await breaker.acall(asyncio.sleep, 0)
+        except rs.CircuitOpenError:
+            return False
+        return True
+
+    # Either the permit came back at once, or it lapses after the lease.
+    if not await admitted():
+        if backend.exact:
+            clock.advance(lease)
+            assert await admitted()
+        else:
+            give_up = asyncio.get_running_loop().time() + 10 * lease + 5.0
+            while not await admitted():
+                assert asyncio.get_running_loop().time() < give_up, "the permit never lapsed"
+                await asyncio.sleep(lease / 4)
+    assert breaker.state is rs.CircuitState.CLOSED

@@ -77,7 +77,8 @@ for _name in STORE_METHODS:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    # Far from zero: a clock at 0 hid a breaker that skipped its break after a trip.
+    return FakeClock(1_700_000_000.25)
 
 
 @pytest.fixture
@@ -303,6 +304,29 @@ async def test_breaker_local_fallback_then_adopts_the_shared_circuit(
 
 async def _async_value() -> int:
     return 1
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["store up", "store down"])
+def test_a_local_breaker_holds_its_break_after_a_trip(
+    store: FlakyStore, clock: FakeClock, down: bool
+) -> None:
+    breaker = rs.CircuitBreaker(
+        "b",
+        failure_threshold=2,
+        break_duration=100.0,
+        store=store,
+        clock=clock,
+        on_store_failure="local",
+    )
+    store.down = down
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.call(_fail)
+    assert breaker.retry_after is not None and breaker.retry_after > 50
+    clock.advance(STORE_RETRY_INTERVAL + store.breaker_staleness)  # reloads, retries the store
+    with pytest.raises(rs.CircuitOpenError) as rejected:
+        breaker.call(lambda: 1)  # not a probe: the break has 98 s to go
+    assert rejected.value.retry_after is not None and rejected.value.retry_after > 50
 
 
 async def test_breaker_async_fail_closed(store: FlakyStore, clock: FakeClock) -> None:

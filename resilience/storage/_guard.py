@@ -317,6 +317,8 @@ class GuardedBreakerStore:
             local = self.local
             if local is None:
                 local = self.local = MemoryBreakerStore()
+                # Permits lapse as they would on the shared store.
+                local.probe_lease = getattr(self.store, "probe_lease", local.probe_lease)
             last = self._last.get(name)
             circuit = local._breaker_circuit(name)
             if last is not None and circuit.version < last[0].version:
@@ -331,6 +333,7 @@ class GuardedBreakerStore:
                     else 0.0
                 )
                 circuit.probes_out = circuit.probe_successes = 0
+                circuit.probes_lapse_at = 0.0
             return local
 
     def _come_back(self, name: str, snapshot: CircuitSnapshot) -> None:
@@ -438,13 +441,16 @@ class GuardedBreakerStore:
 
         return self._call(name, now, remote, local)
 
-    def breaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
-        now = self._clock.now()
+    def breaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
         return self._call(
             name,
             now,
-            lambda offset: self.store.breaker_acquire_probe(name, version - offset, limit),
-            lambda local: local.breaker_acquire_probe(name, version, limit),
+            lambda offset: self.store.breaker_acquire_probe(
+                name, version - offset, limit, lease, now
+            ),
+            lambda local: local.breaker_acquire_probe(name, version, limit, lease, now),
         )
 
     def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
@@ -507,15 +513,19 @@ class GuardedBreakerStore:
 
         return await self._acall(name, now, remote, local)
 
-    async def abreaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
+    async def abreaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
         async def remote(offset: int) -> bool:
-            return await self.store.abreaker_acquire_probe(name, version - offset, limit)
+            return await self.store.abreaker_acquire_probe(
+                name, version - offset, limit, lease, now
+            )
 
         return await self._acall(
             name,
-            self._clock.now(),
+            now,
             remote,
-            lambda local: local.breaker_acquire_probe(name, version, limit),
+            lambda local: local.breaker_acquire_probe(name, version, limit, lease, now),
         )
 
     async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:

@@ -25,6 +25,11 @@ The contract
   hands out at most ``limit`` permits at a time for the given version,
   atomically, so the fleet-wide number of concurrent probes is bounded.
   Permits belong to one version: a transition drops them all.
+* **Leased probes.** Permits lapse together ``lease`` seconds after the last
+  one was handed out (:func:`resilience._breaker_core.take_probe` is the rule
+  every store applies), so a probe whose process was killed, or whose task was
+  cancelled while taking or handing back its permit, cannot wedge the circuit
+  in HALF_OPEN. ``lease=None`` means the store's own ``probe_lease``.
 * **Store time, relative answers.** ``now`` is the caller's monotonic clock.
   A store with an authoritative clock of its own (Redis ``TIME``, PostgreSQL
   ``clock_timestamp()``) uses that instead and ignores ``now``. Either way a
@@ -50,9 +55,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .._breaker_core import CircuitState
+from .._breaker_core import CircuitState, take_probe
 
-__all__ = ["BreakerStore", "CircuitSnapshot", "MemoryBreakerStore"]
+__all__ = ["DEFAULT_PROBE_LEASE", "BreakerStore", "CircuitSnapshot", "MemoryBreakerStore"]
+
+DEFAULT_PROBE_LEASE = 60.0
+"""Seconds a half-open probe permit is held at most, unless the breaker or store says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +113,12 @@ class BreakerStore(Protocol):
         """
         ...
 
-    def breaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
+    def breaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
         """Take a probe permit if the circuit is HALF_OPEN at ``version`` and fewer
-        than ``limit`` permits are out. Atomic."""
+        than ``limit`` unlapsed permits are out; the permits then lapse ``lease``
+        seconds from now (the store's ``probe_lease`` when ``None``). Atomic."""
         ...
 
     def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
@@ -134,7 +145,9 @@ class BreakerStore(Protocol):
         now: float,
     ) -> tuple[bool, CircuitSnapshot]: ...
 
-    async def abreaker_acquire_probe(self, name: str, version: int, limit: int) -> bool: ...
+    async def abreaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool: ...
 
     async def abreaker_release_probe(
         self, name: str, version: int, succeeded: bool | None
@@ -147,6 +160,7 @@ class _Circuit:
     __slots__ = (
         "open_until",
         "probe_successes",
+        "probes_lapse_at",
         "probes_out",
         "reason",
         "state",
@@ -162,6 +176,7 @@ class _Circuit:
         self.reason = INITIAL.reason
         self.open_until = 0.0
         self.probes_out = 0
+        self.probes_lapse_at = 0.0
         self.probe_successes = 0
         self.watchers: list[Callable[[], SnapshotCallback | None]] = []
 
@@ -180,6 +195,8 @@ class MemoryBreakerStore:
     """
 
     breaker_staleness = 0.0
+    probe_lease = DEFAULT_PROBE_LEASE
+    """Seconds a probe permit is held at most when the breaker does not say."""
 
     def __init__(self) -> None:
         super().__init__()  # cooperative: other policies' memory stores may be mixed in
@@ -216,6 +233,7 @@ class MemoryBreakerStore:
             circuit.trips = trips
             circuit.open_until = now + break_duration if state is CircuitState.OPEN else 0.0
             circuit.probes_out = circuit.probe_successes = 0
+            circuit.probes_lapse_at = 0.0
             snapshot = circuit.snapshot(now)
             watchers = list(circuit.watchers)
         # Outside the lock: a watcher may call back into the store.
@@ -225,17 +243,21 @@ class MemoryBreakerStore:
                 callback(snapshot)
         return True, snapshot
 
-    def breaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
+    def breaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
         with self._breaker_lock:
             circuit = self._breaker_circuit(name)
-            if (
-                circuit.version != version
-                or circuit.state is not CircuitState.HALF_OPEN
-                or circuit.probes_out >= limit
-            ):
+            if circuit.version != version or circuit.state is not CircuitState.HALF_OPEN:
                 return False
-            circuit.probes_out += 1
-            return True
+            granted, circuit.probes_out, circuit.probes_lapse_at = take_probe(
+                circuit.probes_out,
+                circuit.probes_lapse_at,
+                now,
+                limit,
+                self.probe_lease if lease is None else lease,
+            )
+            return granted
 
     def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
         with self._breaker_lock:
@@ -286,8 +308,10 @@ class MemoryBreakerStore:
             name, expected_version, state, reason, trips, break_duration, now
         )
 
-    async def abreaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
-        return self.breaker_acquire_probe(name, version, limit)
+    async def abreaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
+        return self.breaker_acquire_probe(name, version, limit, lease, now)
 
     async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
         return self.breaker_release_probe(name, version, succeeded)
