@@ -569,6 +569,18 @@ class CircuitBreaker(Policy):
         self._adopt(snapshot, now, current=not won)
         return bool(won)
 
+    def _trip(self, version: int, reason: str, now: float) -> _Steps[bool]:
+        """Open a closed circuit at ``version``: the closed-state window says so."""
+        won = yield from self._transition(version, CircuitState.OPEN, reason, 1, now)
+        with self._lock:
+            lost_state = self._state is CircuitState.CLOSED and self._version < version
+            version = self._version
+        if not won and lost_state:
+            # The store's version went back: it lost the circuit (a restart
+            # without persistence). The trip is still due, at the store's version.
+            won = yield from self._transition(version, CircuitState.OPEN, reason, 1, now)
+        return won
+
     def _force(self, state: CircuitState, reason: str) -> _Steps[None]:
         for _ in range(100):  # only lost races repeat; each loss means the version moved on
             now = self._clock.now()
@@ -666,7 +678,7 @@ class CircuitBreaker(Policy):
             return None
         # Read the clock again: an untimed window is handed 0.0, and the break
         # must start now, not at the epoch of the clock.
-        return self._transition(version, CircuitState.OPEN, reason, 1, self._clock.now())
+        return self._trip(version, reason, self._clock.now())
 
     def _count(self, outcome: int) -> None:
         if outcome == SUCCESS:
@@ -800,7 +812,7 @@ class CircuitBreaker(Policy):
             if reason is None:
                 return None
             version = self._version
-        return self._transition(version, CircuitState.OPEN, reason, 1, self._clock.now())
+        return self._trip(version, reason, self._clock.now())
 
     def _judges_results(self) -> bool:
         """True when a returned value needs judging (result check or slow-call timing)."""

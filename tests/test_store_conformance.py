@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import math
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,11 +58,16 @@ TOLERANCE = 5.0  # seconds of real time a server-clock comparison may absorb
 
 @dataclass
 class Backend:
-    """A store under test; ``clock`` is set when the store reads an injected clock."""
+    """A store under test; ``clock`` is set when the store reads an injected clock.
+
+    ``wipe(name)`` makes the store forget circuit ``name`` behind every
+    client's back, as a restart without persistence does (None for memory).
+    """
 
     name: str
     store: Any
     clock: FakeClock | None
+    wipe: Callable[[str], None] | None = None
 
     @property
     def exact(self) -> bool:
@@ -85,13 +92,26 @@ def _memory(tmp: Path) -> Backend:
 
 def _sqlite(tmp: Path) -> Backend:
     clock = FakeClock(FAR)
-    store = store_from_url(f"sqlite:///{tmp / 'store.db'}", clock=clock, breaker_staleness=0.0)
-    return Backend("sqlite", store, clock)
+    path = tmp / "store.db"
+    store = store_from_url(f"sqlite:///{path}", clock=clock, breaker_staleness=0.0)
+
+    def wipe(name: str) -> None:
+        with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+            connection.execute("DELETE FROM resilience_circuits WHERE name = ?", (name,))
+
+    return Backend("sqlite", store, clock, wipe)
 
 
 def _postgres(tmp: Path) -> Backend:
     dsn = require_postgres()
-    return Backend("postgres", store_from_url(dsn, table="resilience_test"), None)
+
+    def wipe(name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute("DELETE FROM resilience_test_circuits WHERE name = %s", (name,))
+
+    return Backend("postgres", store_from_url(dsn, table="resilience_test"), None, wipe)
 
 
 def _redis(tmp: Path) -> Backend:
@@ -100,7 +120,15 @@ def _redis(tmp: Path) -> Backend:
     except ImportError as error:
         pytest.skip(f"resilience.storage.redis is not available yet ({error})")
     url = require_redis()
-    return Backend("redis", module.RedisStore.from_url(url, timeout=STORE_TIMEOUT), None)
+    store = module.RedisStore.from_url(url, timeout=STORE_TIMEOUT)
+
+    def wipe(name: str) -> None:
+        import redis
+
+        with redis.Redis.from_url(url) as client:
+            client.delete(store.circuit_key(name))
+
+    return Backend("redis", store, None, wipe)
 
 
 FACTORIES: dict[str, Callable[[Path], Backend]] = {
@@ -729,3 +757,85 @@ async def test_a_probe_cancelled_at_any_await_point_cannot_wedge_the_circuit(
                 assert asyncio.get_running_loop().time() < give_up, "the permit never lapsed"
                 await asyncio.sleep(lease / 4)
     assert breaker.state is rs.CircuitState.CLOSED
+
+
+# -- keys a store cannot hold, and stores that lose their data -----------------------------------
+
+BAD_KEYS = [
+    "",
+    "\x00",
+    "a\x00b",
+    "\ud800",  # a lone surrogate: no UTF-8 for it
+    "x\udfffy",
+    "'",
+    '"',
+    "'; DROP TABLE x; --",
+    "{}",
+    "{tag}",
+    "%s %(x)s ?",
+    "é" * 2000,  # past PostgreSQL's index limit in UTF-8
+    "k" * 1_000_000,
+]
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "resilience.storage"]
+
+
+@pytest.mark.parametrize("mode", ["fail_closed", "fail_open", "local"])
+def test_any_str_key_is_a_bucket_like_any_other(
+    backend: Backend, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="resilience.storage")
+    limiter = rs.RateLimiter(
+        fresh(),
+        rate=1,
+        per=backend.interval(60.0),
+        burst=2,
+        store=backend.store,
+        clock=backend.clock,
+        on_store_failure=mode,  # type: ignore[arg-type]
+    )
+    for key in BAD_KEYS:
+        granted = [limiter.try_acquire(key=key) for _ in range(3)]
+        assert granted == [True, True, False], repr(key[:20])
+    assert [limiter.try_acquire(key="honest") for _ in range(4)] == [True, True, False, False]
+    assert _outage_lines(caplog) == []  # no key was taken for an outage
+
+
+@pytest.mark.parametrize("key", [{}, 42, b"raw", ("a",), 1.5])
+def test_a_key_that_is_not_a_str_is_refused_at_the_call(backend: Backend, key: Any) -> None:
+    limiter = rs.RateLimiter(
+        fresh(), rate=1, per=backend.interval(60.0), burst=1, store=backend.store
+    )
+    with pytest.raises(TypeError, match="key"):
+        limiter.try_acquire(key=key)
+    assert limiter.try_acquire(key="fine")
+
+
+def test_a_breaker_follows_its_store_after_the_store_lost_the_circuit(backend: Backend) -> None:
+    if backend.wipe is None:
+        pytest.skip("the memory store cannot lose its data behind its users")
+    clock = backend.clock if backend.clock is not None else FakeClock(FAR)
+    name = fresh()
+
+    def breaker() -> rs.CircuitBreaker:
+        return rs.CircuitBreaker(
+            name, failure_threshold=2, break_duration=100.0, store=backend.store, clock=clock
+        )
+
+    first, second = breaker(), breaker()
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            first.call(_boom)
+    first.reset()  # the shared circuit is at version 2, closed
+    assert first.call(int) == 0
+    backend.wipe(name)  # the store restarts empty: version 0
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            first.call(_boom)  # the trip must not be lost on the version mismatch
+    assert first.state is rs.CircuitState.OPEN
+    assert backend.store.breaker_load(name, clock.now()).state is rs.CircuitState.OPEN
+    clock.advance(2.0)  # past any cache's staleness
+    with pytest.raises(rs.CircuitOpenError):
+        second.call(int)
