@@ -839,3 +839,72 @@ def test_a_breaker_follows_its_store_after_the_store_lost_the_circuit(backend: B
     clock.advance(2.0)  # past any cache's staleness
     with pytest.raises(rs.CircuitOpenError):
         second.call(int)
+
+
+# -- more callers than a connection pool holds: back-pressure, never an outage ---------------
+
+MODES = ["fail_closed", "fail_open", "local"]
+CROWD_THREADS, CROWD_TASKS, CROWD_BURST = 150, 500, 40
+
+
+def _crowd_limiter(backend: Backend, mode: str) -> rs.RateLimiter:
+    return rs.RateLimiter(
+        fresh(),
+        rate=1,
+        per=backend.interval(3600.0),  # nothing refills while the crowd runs
+        burst=CROWD_BURST,
+        store=backend.store,
+        clock=backend.clock,
+        on_store_failure=mode,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_more_threads_than_connections_get_exactly_the_burst(
+    backend: Backend, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    caplog.set_level(logging.INFO, logger="resilience.storage")
+    limiter = _crowd_limiter(backend, mode)
+    grants: list[bool] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(CROWD_THREADS)
+
+    def caller() -> None:
+        start.wait()
+        for _ in range(3):
+            try:
+                grants.append(limiter.try_acquire())
+            except BaseException as error:  # every error is a finding
+                errors.append(error)
+
+    threads = [threading.Thread(target=caller) for _ in range(CROWD_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60.0)
+    assert errors == []
+    assert sum(grants) == CROWD_BURST  # never more (fail_open), never fewer (spurious outages)
+    assert len(grants) == 3 * CROWD_THREADS
+    assert _outage_lines(caplog) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_more_tasks_than_connections_get_exactly_the_burst(
+    backend: Backend, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="resilience.storage")
+    limiter = _crowd_limiter(backend, mode)
+
+    async def caller() -> int:
+        try:
+            await limiter.aacquire(timeout=0)
+        except rs.RateLimitExceeded:
+            return 0
+        return 1
+
+    results = await asyncio.gather(*(caller() for _ in range(CROWD_TASKS)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert sum(r for r in results if isinstance(r, int)) == CROWD_BURST
+    assert _outage_lines(caplog) == []
