@@ -40,16 +40,20 @@ class Model:
     multiplier: float
     max_break: float
     probes_needed: int
+    lease: float
     state: str = "closed"
     outcomes: list[tuple[float, str]] = field(default_factory=list)  # (time, good|bad|slow)
     open_until: float = 0.0
     trips: int = 0
     probe_successes: int = 0
+    permits_out: int = 0  # half-open probe permits held
+    permits_lapse_at: float = 0.0  # they all lapse then (lease after the last one taken)
 
     def move(self, state: str) -> None:
         self.state = state
         self.outcomes.clear()
         self.probe_successes = 0
+        self.permits_out = 0
 
     def open(self, now: float, trips: int) -> None:
         self.move("open")
@@ -62,6 +66,13 @@ class Model:
         """'pass', 'probe', 'bypass' or 'reject'."""
         if self.state == "open" and now >= self.open_until:
             self.move("half_open")
+        if self.state == "half_open":
+            if now >= self.permits_lapse_at:
+                self.permits_out = 0  # permits nobody handed back have lapsed
+            if self.permits_out >= self.probes_needed:
+                return "reject"
+            self.permits_out += 1
+            self.permits_lapse_at = now + self.lease
         return {
             "closed": "pass",
             "half_open": "probe",
@@ -99,6 +110,8 @@ class Model:
 
     def finish(self, ticket: str, kind: str | None, now: float) -> None:
         """``kind`` is good, bad or slow; ``None`` for an ignored outcome."""
+        if ticket == "probe" and self.state == "half_open" and (kind is None or kind == "good"):
+            self.permits_out = max(0, self.permits_out - 1)  # handed back
         if kind is None or ticket == "bypass":
             return
         if ticket == "pass":
@@ -134,6 +147,8 @@ class BreakerMachine(RuleBasedStateMachine):
         multiplier=st.sampled_from([1.0, 2.0]),
         max_extra=st.sampled_from([0.0, 2.0, math.inf]),
         probes_needed=st.integers(1, 3),
+        lease=st.sampled_from([0.5, 2.0, 60.0]),
+        start=st.sampled_from([0.0, 1_700_000_000.0]),
     )
     def build(
         self,
@@ -150,8 +165,11 @@ class BreakerMachine(RuleBasedStateMachine):
         multiplier: float,
         max_extra: float,
         probes_needed: int,
+        lease: float,
+        start: float,
     ) -> None:
         options: dict[str, Any] = {
+            "probe_lease": lease,
             "break_duration": base_break,
             "break_multiplier": multiplier,
             "half_open_calls": probes_needed,
@@ -172,7 +190,7 @@ class BreakerMachine(RuleBasedStateMachine):
             if slow_after is None:
                 slow_ratio = None
             options["slow_call_ratio"] = slow_ratio
-        self.clock = FakeClock()
+        self.clock = FakeClock(start)
         self.breaker = CircuitBreaker("model", clock=self.clock, **options)
         self.model = Model(
             threshold=threshold if mode == "consecutive" else None,
@@ -187,6 +205,7 @@ class BreakerMachine(RuleBasedStateMachine):
             multiplier=multiplier,
             max_break=base_break + max_extra,
             probes_needed=probes_needed,
+            lease=lease,
         )
 
     def run(self, duration: float, raise_: BaseException | None, kind: str | None) -> None:
@@ -236,6 +255,18 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule()
     def interrupted(self) -> None:
         self.run(0.0, KeyboardInterrupt(), None)
+
+    @rule()
+    def hung_call(self) -> None:
+        """A call that is admitted and never returns (its thread hangs, its
+        process dies): a half-open probe keeps its permit until the lease lapses."""
+        ticket = self.model.admit(self.clock.now())
+        try:
+            self.breaker.__enter__()
+        except rs.CircuitOpenError:
+            assert ticket == "reject", f"rejected, the model says {ticket}"
+            return
+        assert ticket != "reject", "the model says this call must be rejected"
 
     @rule(seconds=QUARTERS)
     def advance(self, seconds: float) -> None:
