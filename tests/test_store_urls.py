@@ -15,7 +15,7 @@ from resilience.testing import FakeClock
 
 
 def test_memory() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     store = store_from_url("memory://", clock=clock)
     assert isinstance(store, MemoryStore)
     assert isinstance(store, MemoryBucketStore) and isinstance(store, MemoryBreakerStore)
@@ -57,6 +57,99 @@ def test_sqlite_bad_option() -> None:
     assert caught.value.fields == ("url.timeout",)
     with pytest.raises(rs.ConfigurationError):
         store_from_url("sqlite:///x.db", timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("bogus=1", "url.bogus"),
+        ("timeout=1&bogus", "url.bogus"),
+        ("timeout=inf", "url.timeout"),
+        ("timeout=nan", "url.timeout"),
+        ("timeout=1&timeout=2", "url.timeout"),
+        ("probe_lease=", "url.probe_lease"),
+        ("clock=fake", "url.clock"),  # a clock is an object, never a URL option
+        ("timeout=-1", "timeout"),
+        ("probe_lease=0", "probe_lease"),
+        ("breaker_staleness=-1", "breaker_staleness"),
+    ],
+)
+def test_sqlite_query_options_are_checked(tmp_path: Path, query: str, field: str) -> None:
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url(f"sqlite:///{tmp_path}/x.db?{query}")
+    assert caught.value.fields == (field,)
+    assert field.removeprefix("url.") in str(caught.value)
+
+
+def test_sqlite_probe_lease_from_the_url(tmp_path: Path) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path}/x.db?probe_lease=2.5&timeout=1")
+    assert (store.probe_lease, store.timeout) == (2.5, 1.0)
+    assert (
+        store_from_url(f"sqlite:///{tmp_path}/x.db?probe_lease=2.5", probe_lease=4).probe_lease == 4
+    )
+
+
+def test_unknown_keyword_options_are_named(tmp_path: Path) -> None:
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url(f"sqlite:///{tmp_path}/x.db", bogus=1, table="t")
+    assert caught.value.fields == ("bogus", "table")
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url("memory://", timeout=1.0)
+    assert caught.value.fields == ("timeout",)
+
+
+def test_sqlite_a_file_that_cannot_be_opened_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    assert caught.value.fields == ("path",)
+    assert "does not exist" in str(caught.value)
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url("sqlite:///no/such/dir/x.db")
+    assert caught.value.fields == ("path",)
+
+
+@pytest.mark.parametrize("query", ["timeout=1", "clock=x", "x"])
+def test_memory_takes_no_url_options(query: str) -> None:
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url(f"memory://?{query}")
+    assert caught.value.fields == (f"url.{query.partition('=')[0]}",)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis:/host", "redis:host:6379", "sqlite:x.db", "memory:", "postgresql:/db"]
+)
+def test_a_url_must_be_scheme_colon_slash_slash(url: str) -> None:
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url(url)
+    assert caught.value.fields == ("url",)
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "module", "extra"),
+    [
+        ("postgresql://x/y", "psycopg", "resilience.storage.postgres", "postgres"),
+        ("postgres://x/y", "psycopg", "resilience.storage.postgres", "postgres"),
+        ("redis://127.0.0.1:1/0", "redis", "resilience.storage.redis", "redis"),
+    ],
+)
+def test_a_missing_driver_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, url: str, driver: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, driver, None)  # "not installed"
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(rs.ConfigurationError) as caught:
+        store_from_url(url)
+    assert caught.value.fields == ("url",)
+    assert f"pip install 'resilience[{extra}]'" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ImportError)
+
+
+def test_a_broken_store_module_is_not_taken_for_a_missing_driver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "resilience.storage.postgres", None)
+    with pytest.raises(ImportError):
+        store_from_url("postgresql://x/y")
 
 
 def test_postgres_builds_without_connecting() -> None:

@@ -17,6 +17,7 @@ psycopg) are imported only when their scheme is used.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -77,23 +78,72 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_FLOAT_OPTIONS = frozenset({"timeout", "breaker_staleness", "socket_timeout"})
+#: What each scheme takes: keyword options, and those also accepted in the URL's query.
+_OPTIONS: dict[str, frozenset[str]] = {
+    "memory": frozenset({"clock"}),
+    "sqlite": frozenset({"timeout", "clock", "breaker_staleness", "probe_lease"}),
+}
+_QUERY_OPTIONS: dict[str, frozenset[str]] = {
+    "memory": frozenset(),
+    "sqlite": frozenset({"timeout", "breaker_staleness", "probe_lease"}),
+}
+#: The top-level modules each extra installs (a missing one means: install the extra).
+_DRIVERS: dict[str, frozenset[str]] = {
+    "redis": frozenset({"redis"}),
+    "postgres": frozenset({"psycopg", "psycopg_binary", "psycopg_c", "psycopg_pool"}),
+}
 
 
-def _query_options(query: str) -> dict[str, Any]:
-    """``?timeout=2&breaker_staleness=0.5`` -> options (numbers where expected)."""
+def _problem(field: str, message: str) -> ConfigurationError:
+    return ConfigurationError("store_from_url", [(field, message)])
+
+
+def _query_options(scheme: str, query: str) -> dict[str, Any]:
+    """``?timeout=2&breaker_staleness=0.5`` -> options; every one must be the scheme's,
+    given once, and a finite number."""
+    allowed = _QUERY_OPTIONS[scheme]
+    expected = ", ".join(sorted(allowed)) or "none"
     options: dict[str, Any] = {}
     for field, value in parse_qsl(query, keep_blank_values=True):
-        if field in _FLOAT_OPTIONS:
-            try:
-                options[field] = float(value)
-            except ValueError:
-                raise ConfigurationError(
-                    "store_from_url", [(f"url.{field}", f"expected a number, got {value!r}")]
-                ) from None
-        else:
-            options[field] = value
+        if field not in allowed:
+            raise _problem(
+                f"url.{field}", f"unknown option for {scheme}:// (its URL options: {expected})"
+            )
+        if field in options:
+            raise _problem(f"url.{field}", "given twice")
+        try:
+            number = float(value)
+        except ValueError:
+            raise _problem(f"url.{field}", f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise _problem(f"url.{field}", f"expected a finite number, got {value!r}")
+        options[field] = number
     return options
+
+
+def _check_options(scheme: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - _OPTIONS[scheme])
+    if unknown:
+        expected = ", ".join(sorted(_OPTIONS[scheme]))
+        raise ConfigurationError(
+            "store_from_url",
+            [
+                (name, f"not an option of {scheme}:// stores (options: {expected})")
+                for name in unknown
+            ],
+        )
+
+
+def _missing_driver(error: ImportError, scheme: str, extra: str) -> ConfigurationError | None:
+    """The error to raise when ``error`` says the extra's driver is not installed."""
+    missing = (error.name or "").partition(".")[0]
+    if missing not in _DRIVERS[extra]:
+        return None  # something else is broken: not a matter of configuration
+    return _problem(
+        "url",
+        f"{scheme}:// needs the {extra} extra ({missing} is not installed): "
+        f"pip install 'resilience[{extra}]'",
+    )
 
 
 def _sqlite_path(url: str, netloc: str, path: str) -> str:
@@ -124,10 +174,11 @@ def _sqlite_path(url: str, netloc: str, path: str) -> str:
 def store_from_url(url: str, **options: Any) -> Any:
     """Build a store from a URL; ``options`` go to the store's constructor.
 
-    * ``memory://``: a :class:`MemoryStore` (options: ``clock``).
+    * ``memory://``: a :class:`MemoryStore` (options: ``clock``; no URL options).
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: a
       :class:`~resilience.storage.sqlite.SQLiteStore` (``timeout``, ``clock``,
-      ``breaker_staleness``; also accepted as query parameters).
+      ``breaker_staleness``, ``probe_lease``; all but ``clock`` also accepted as
+      query parameters, where keyword options win).
     * ``redis://host:6379/0``, ``rediss://…``, ``redis+cluster://…`` when
       supported: ``resilience.storage.redis.RedisStore.from_url``.
     * ``postgresql://user@host:5432/db``, ``postgres://…``: a
@@ -135,7 +186,10 @@ def store_from_url(url: str, **options: Any) -> Any:
       libpq DSN, passed unchanged (``timeout``, ``table``, ``breaker_staleness``
       are keyword options).
 
-    An unknown scheme raises :class:`~resilience.ConfigurationError` naming ``url``.
+    Raises :class:`~resilience.ConfigurationError` for an unknown scheme or a
+    URL that is not ``scheme://…`` (naming ``url``), an option the store does
+    not take (naming it; ``url.<name>`` for a query parameter), and a missing
+    driver (naming the extra to install: ``pip install 'resilience[redis]'``).
     """
     if not isinstance(url, str):
         raise ConfigurationError(
@@ -143,26 +197,32 @@ def store_from_url(url: str, **options: Any) -> Any:
         )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    known_scheme = scheme in ("memory", "sqlite", "postgresql", "postgres") or scheme.startswith(
+        "redis"
+    )
+    if known_scheme and not url[len(scheme) :].startswith("://"):
+        raise _problem("url", f"{url!r}: expected {scheme}://…")
     if scheme == "memory":
+        _check_options(scheme, options)
+        _query_options(scheme, parts.query)  # it takes none: any is refused
         return MemoryStore(**options)
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
+        _check_options(scheme, options)
         path = _sqlite_path(url, parts.netloc, parts.path)
-        return SQLiteStore(path, **{**_query_options(parts.query), **options})
+        return SQLiteStore(path, **{**_query_options(scheme, parts.query), **options})
     if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, **options)
+        try:
+            postgres_module = importlib.import_module(".postgres", __name__)
+        except ImportError as error:
+            raise (_missing_driver(error, scheme, "postgres") or error) from error
+        return postgres_module.PostgresStore(url, **options)
     if scheme.startswith("redis"):
         try:
             redis_module = importlib.import_module(".redis", __name__)
         except ImportError as error:
-            raise ConfigurationError(
-                "store_from_url", [("url", f"{scheme}:// needs the redis extra: {error}")]
-            ) from error
+            raise (_missing_driver(error, scheme, "redis") or error) from error
         return redis_module.RedisStore.from_url(url, **options)
     known = "memory://, sqlite:///path.db, redis://, rediss://, postgresql://"
-    raise ConfigurationError(
-        "store_from_url", [("url", f"unknown scheme in {url!r}; expected one of {known}")]
-    )
+    raise _problem("url", f"unknown scheme in {url!r}; expected one of {known}")

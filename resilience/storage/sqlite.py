@@ -3,6 +3,8 @@
 One database file (stdlib :mod:`sqlite3`, WAL journal) holds two tables,
 created on first use: ``resilience_buckets`` (one ``REAL`` per bucket: its
 theoretical arrival time) and ``resilience_circuits`` (one row per circuit).
+A file written by an older version gains the columns it lacks when a store
+first opens it (``ALTER TABLE … ADD COLUMN``).
 
 Atomicity
 ---------
@@ -10,10 +12,10 @@ Every state change is one ``BEGIN IMMEDIATE`` transaction: it takes SQLite's
 write lock first, reads the rows, reads the clock, applies the *same pure
 function* the memory store applies (:func:`resilience._bucket.take_all`,
 :func:`~resilience._bucket.refund`, :func:`~resilience._bucket.penalize`, the
-breaker's compare-and-set), writes the rows and commits. Writers are serialized
-by the file lock, so processes never over-grant and a composite acquisition is
-all or nothing. Readers (``bucket_tokens``, ``breaker_load``) never block
-writers (WAL).
+breaker's compare-and-set, :func:`resilience._breaker_core.take_probe`), writes
+the rows and commits. Writers are serialized by the file lock, so processes
+never over-grant and a composite acquisition is all or nothing. Readers
+(``bucket_tokens``, ``breaker_load``) never block writers (WAL).
 
 Time
 ----
@@ -22,17 +24,40 @@ The store reads its own clock inside the transaction: the wall clock
 meaningful after a restart (the file outlives processes, so a monotonic clock
 that restarts at boot would not do). Tests inject a
 :class:`~resilience.testing.FakeClock`. The breaker's ``now`` argument is
-ignored, as the protocol allows for stores with a clock of their own.
+ignored, as the protocol allows for stores with a clock of their own. A break
+that does not fit in a finite number (``inf``, NaN) is stored as
+:data:`~resilience._breaker_core.MAX_BREAK`: it never means "no break".
+
+Half-open probe permits are leased: they lapse together ``probe_lease``
+seconds (or the breaker's own lease) after the last one was handed out, so a
+process killed while it held one cannot wedge the circuit in HALF_OPEN.
 
 Concurrency and timeouts
 ------------------------
 One connection per store object and process, shared by threads under a lock
 (SQLite serializes writers anyway); a forked child opens its own. ``timeout``
-bounds both the wait for that lock and SQLite's busy wait for the file lock;
-past it, and on any other ``sqlite3`` error, the call raises
-:class:`~resilience.StoreUnavailable`. The ``a``-prefixed twins run the sync
-call in a worker thread (:func:`asyncio.to_thread`): a local file needs no
-async driver, and the event loop never blocks on the file lock.
+bounds the *whole* call: each call has a deadline, and the wait for that lock,
+SQLite's busy wait for the file lock (``PRAGMA busy_timeout``, lowered to what
+remains) and, for the ``a``-prefixed twins, the wait for a worker all come out
+of it. Past it, and on any other ``sqlite3`` error, the call raises
+:class:`~resilience.StoreUnavailable`.
+
+The ``a``-prefixed twins run the sync call on the store's own worker thread
+(one per store object and process, started on first use): a local file needs
+no async driver, the event loop never blocks on the file lock, and calls stuck
+behind another process's lock never occupy the event loop's default executor
+(the application's own :func:`asyncio.to_thread` work keeps running). A call
+still waiting for the worker at its deadline is dropped unrun.
+
+A deleted or replaced file
+--------------------------
+Deleting the database file while processes use it would split the shared
+state: old connections keep writing to the unlinked file, new stores start a
+fresh one. Before every write (and before a read, at most every
+:data:`FILE_CHECK_INTERVAL` seconds) the store compares the path's identity
+(``st_dev``, ``st_ino``) with the file its connection opened; on a mismatch
+the call raises :class:`~resilience.StoreUnavailable` saying so (the policy's
+``on_store_failure`` applies), and the next call opens the file now at the path.
 
 Idle rows
 ---------
@@ -45,7 +70,10 @@ stays proportional to the keys used recently.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import datetime
 import math
+import numbers
 import os
 import sqlite3
 import threading
@@ -54,15 +82,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .._breaker_core import CircuitState
+from .._breaker_core import MAX_BREAK, CircuitState, take_probe
 from .._bucket import FULL, BucketSpec, Decision, penalize, refund, take_all, tokens
 from .._clock import Clock
 from ..errors import ConfigurationError, StoreUnavailable
 from ._sql import encode_key, snapshot_of
-from .breakers import CircuitSnapshot, SnapshotCallback
+from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback
 from .buckets import BucketRequest
 
-__all__ = ["SQLiteStore"]
+__all__ = ["MAX_TIMEOUT", "SQLiteStore"]
 
 T = TypeVar("T")
 
@@ -70,6 +98,16 @@ T = TypeVar("T")
 SWEEP_EVERY = 64
 #: Row ids examined per sweep.
 SWEEP_ROWS = 512
+#: Seconds between two checks, on the read path, that the file is still the one opened
+#: (every write checks).
+FILE_CHECK_INTERVAL = 0.1
+#: The largest ``timeout`` accepted (seconds): one day.
+MAX_TIMEOUT = 86400.0
+#: Seconds an async call waits past its deadline for a verdict from a worker that
+#: had already started its call (the worker's own waits end at the deadline).
+_GRACE = 0.1
+#: ``PRAGMA busy_timeout`` is changed only when it is off by more than this (ms).
+_BUSY_SLACK_MS = 10
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS resilience_buckets (
@@ -86,9 +124,12 @@ _SCHEMA = (
         reason TEXT NOT NULL,
         open_until REAL NOT NULL,
         probes_out INTEGER NOT NULL,
-        probe_successes INTEGER NOT NULL
+        probe_successes INTEGER NOT NULL,
+        probes_lapse_at REAL NOT NULL DEFAULT 0.0
     )""",
 )
+#: Columns added since the first schema: (table, column, definition).
+_MIGRATIONS = (("resilience_circuits", "probes_lapse_at", "REAL NOT NULL DEFAULT 0.0"),)
 
 _GET_TAT = "SELECT tat FROM resilience_buckets WHERE name = ? AND key = ?"
 _PUT_TAT = (
@@ -97,22 +138,24 @@ _PUT_TAT = (
 )
 _DELETE_TAT = "DELETE FROM resilience_buckets WHERE name = ? AND key = ?"
 _GET_CIRCUIT = (
-    "SELECT state, version, trips, reason, open_until, probes_out, probe_successes "
-    "FROM resilience_circuits WHERE name = ?"
+    "SELECT state, version, trips, reason, open_until, probes_out, probe_successes, "
+    "probes_lapse_at FROM resilience_circuits WHERE name = ?"
 )
 _PUT_CIRCUIT = (
-    "INSERT INTO resilience_circuits "
-    "(name, state, version, trips, reason, open_until, probes_out, probe_successes) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "INSERT INTO resilience_circuits (name, state, version, trips, reason, open_until, "
+    "probes_out, probe_successes, probes_lapse_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET "
     "state = excluded.state, version = excluded.version, trips = excluded.trips, "
     "reason = excluded.reason, open_until = excluded.open_until, "
-    "probes_out = excluded.probes_out, probe_successes = excluded.probe_successes"
+    "probes_out = excluded.probes_out, probe_successes = excluded.probe_successes, "
+    "probes_lapse_at = excluded.probes_lapse_at"
 )
-_SET_PROBES = "UPDATE resilience_circuits SET probes_out = ?, probe_successes = ? WHERE name = ?"
+_SET_PROBES = "UPDATE resilience_circuits SET probes_out = ?, probes_lapse_at = ? WHERE name = ?"
 
-# (state, version, trips, reason, open_until, probes_out, probe_successes)
-_Circuit = tuple[str, int, int, str, float, int, int]
-_NO_CIRCUIT: _Circuit = (CircuitState.CLOSED.value, 0, 0, "initial state", 0.0, 0, 0)
+# (state, version, trips, reason, open_until, probes_out, probe_successes, probes_lapse_at)
+_Circuit = tuple[str, int, int, str, float, int, int, float]
+_NO_CIRCUIT: _Circuit = (CircuitState.CLOSED.value, 0, 0, "initial state", 0.0, 0, 0, 0.0)
+_Work = Callable[[sqlite3.Connection, float], T]
 
 
 class _WallClock:
@@ -135,79 +178,143 @@ class _WallClock:
 class SQLiteStore:
     """Buckets and circuits in one SQLite file, shared by the processes of one host.
 
-    ``path`` is the database file (created if missing; its directory must
-    exist). ``timeout`` (seconds) bounds every call's wait for a lock.
-    ``clock`` is read inside each transaction (default: the wall clock).
-    Breakers poll the file for changes at most ``breaker_staleness`` seconds
-    apart (SQLite cannot push changes).
+    ``path`` is the database file (created on first use if missing; its
+    directory must exist and be writable, which is checked here).
+    ``timeout`` (seconds, at most :data:`MAX_TIMEOUT`) bounds every call, sync
+    or async, from start to answer. ``clock`` is read inside each transaction
+    (default: the wall clock). Breakers poll the file for changes at most
+    ``breaker_staleness`` seconds apart (SQLite cannot push changes).
+    ``probe_lease`` (seconds) is how long half-open probe permits are held at
+    most when the breaker does not give a lease of its own.
+
+    Invalid options raise :class:`~resilience.ConfigurationError` naming them.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        timeout: float = 5.0,
+        timeout: float | datetime.timedelta = 5.0,
         clock: Clock | None = None,
-        breaker_staleness: float = 1.0,
+        breaker_staleness: float | datetime.timedelta = 1.0,
+        probe_lease: float | datetime.timedelta = DEFAULT_PROBE_LEASE,
     ) -> None:
-        if not timeout > 0 or not math.isfinite(timeout):
-            raise ConfigurationError("SQLiteStore", [("timeout", f"must be > 0, got {timeout!r}")])
-        if not breaker_staleness >= 0:
-            raise ConfigurationError(
-                "SQLiteStore",
-                [("breaker_staleness", f"must be >= 0, got {breaker_staleness!r}")],
-            )
-        self.path = os.fspath(path)
+        problems: list[tuple[str, str]] = []
+        given, file = _check_path(path, problems)
+        self.timeout = _seconds(problems, "timeout", timeout, positive=True, ceiling=MAX_TIMEOUT)
+        self.breaker_staleness = _seconds(problems, "breaker_staleness", breaker_staleness)
+        self.probe_lease = _seconds(problems, "probe_lease", probe_lease, positive=True)
+        if clock is not None and not callable(getattr(clock, "now", None)):
+            problems.append(("clock", f"expected a Clock (with now()), got {clock!r}"))
+        if problems:
+            raise ConfigurationError("SQLiteStore", problems)
+        self.path = given
         self.url = f"sqlite:///{self.path}"
-        self.timeout = float(timeout)
-        self.breaker_staleness = float(breaker_staleness)
+        self._file = file  # absolute: a later chdir changes nothing
         self._clock: Clock = _WallClock() if clock is None else clock
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        self._pid = 0
+        self._identity: tuple[int, int] | None = None
+        self._next_check = 0.0
+        self._busy_ms = 0
         self._writes = 0
         self._sweep_from = 0
+        self._pool_lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- connection and transactions ---------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _forked(self) -> None:
+        """In a forked child: nothing of the parent's connection, locks or worker is usable."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._connection = None  # the parent's: left alone, never closed here
+        self._pool = None
+
+    def _open(self, deadline: float) -> sqlite3.Connection:
+        remaining = deadline - time.monotonic()
         connection = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            self._file, timeout=remaining, isolation_level=None, check_same_thread=False
         )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 connection.execute(statement)
+            _migrate(connection)
+            identity = _identity_of(self._file)
+            if identity is None:
+                raise self._moved("was deleted as it was being opened")
         except BaseException:
             connection.close()
             raise
+        self._connection, self._identity = connection, identity
+        self._busy_ms = int(remaining * 1000)
+        self._next_check = time.monotonic() + FILE_CHECK_INTERVAL
         return connection
+
+    def _moved(self, what: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            self.url,
+            f"the database file {self._file!r} {what} while in use: the state it held is "
+            "no longer shared with stores opening the path (the next call opens the file "
+            "now at the path)",
+        )
+
+    def _check_file(self) -> None:
+        """Fail if the path no longer names the file this connection opened."""
+        identity = _identity_of(self._file)
+        if identity == self._identity:
+            self._next_check = time.monotonic() + FILE_CHECK_INTERVAL
+            return
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+        raise self._moved("was deleted" if identity is None else "was replaced by another file")
+
+    def _bound_busy(self, connection: sqlite3.Connection, deadline: float) -> None:
+        """SQLite's busy wait for the file lock ends at the deadline, too."""
+        busy_ms = int((deadline - time.monotonic()) * 1000)
+        if busy_ms <= 0:
+            raise StoreUnavailable(self.url, f"no answer within {self.timeout}s")
+        if abs(busy_ms - self._busy_ms) > _BUSY_SLACK_MS:
+            connection.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+            self._busy_ms = busy_ms
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         return StoreUnavailable(self.url, f"{type(error).__name__}: {error}")
 
     @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """This process's connection, under the lock; driver errors become StoreUnavailable."""
-        if not self._lock.acquire(timeout=self.timeout):
+    def _session(self, deadline: float, write: bool) -> Iterator[sqlite3.Connection]:
+        """This process's connection, under the lock, until ``deadline`` (monotonic);
+        driver errors become StoreUnavailable."""
+        if self._pid != os.getpid():
+            self._forked()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._lock.acquire(timeout=remaining):
             raise StoreUnavailable(self.url, f"no connection free within {self.timeout}s")
         try:
             try:
                 connection = self._connection
-                if connection is None or self._pid != os.getpid():
-                    # A forked child must not share its parent's connection.
-                    self._connection = connection = self._connect()
-                    self._pid = os.getpid()
+                if connection is None:
+                    connection = self._open(deadline)
+                else:
+                    if write or time.monotonic() >= self._next_check:
+                        self._check_file()
+                    self._bound_busy(connection, deadline)
                 yield connection
             except sqlite3.Error as error:
                 raise self._unavailable(error) from error
         finally:
             self._lock.release()
 
-    def _transaction(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+    def _transaction(self, work: _Work[T], deadline: float | None = None) -> T:
         """Run ``work(connection, now)`` in one ``BEGIN IMMEDIATE`` transaction."""
-        with self._session() as connection:
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        with self._session(deadline, True) as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 result = work(connection, self._clock.now())
@@ -218,16 +325,60 @@ class SQLiteStore:
                 raise
             return result
 
-    def _read(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
-        with self._session() as connection:
+    def _read(self, work: _Work[T], deadline: float | None = None) -> T:
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        with self._session(deadline, False) as connection:
             return work(connection, self._clock.now())
 
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        """This store's own worker thread (the async twins never use the default executor)."""
+        if self._pid != os.getpid():
+            self._forked()
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                pool = self._pool
+                if pool is None:
+                    pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix="resilience-sqlite"
+                    )
+        return pool
+
+    async def _arun(self, run: Callable[[_Work[T], float], T], work: _Work[T]) -> T:
+        """``run(work, deadline)`` on the worker; the whole call ends by the deadline."""
+        deadline = time.monotonic() + self.timeout
+        job = self._worker().submit(run, work, deadline)
+        waiter = asyncio.wrap_future(job)
+        try:
+            done, _ = await asyncio.wait((waiter,), timeout=self.timeout)
+            if not done:
+                if job.cancel():  # still queued: it will never run
+                    raise StoreUnavailable(self.url, f"no worker free within {self.timeout}s")
+                # Running: its own waits end at the deadline; its verdict is due.
+                done, _ = await asyncio.wait((waiter,), timeout=_GRACE)
+                if not done:
+                    waiter.cancel()
+                    raise StoreUnavailable(self.url, f"no answer within {self.timeout}s")
+        except asyncio.CancelledError:
+            job.cancel()
+            waiter.cancel()
+            raise
+        return waiter.result()
+
     def close(self) -> None:
-        """Close this process's connection (the next call reopens it)."""
+        """Close this process's connection and worker (the next call reopens them)."""
+        if self._pid != os.getpid():
+            self._forked()
+            return
         with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
+            if self._connection is not None:
                 self._connection.close()
             self._connection = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def _wrote(self, connection: sqlite3.Connection, now: float) -> None:
         """Count a write; every SWEEP_EVERY writes, drop some full buckets."""
@@ -244,9 +395,9 @@ class SQLiteStore:
         ).fetchone()
         self._sweep_from = 0 if start + SWEEP_ROWS >= last else start + SWEEP_ROWS
 
-    # -- buckets ---------------------------------------------------------------------
+    # -- buckets: each operation is a unit of work, run here or on the worker ----------------
 
-    def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
+    def _take(self, requests: Sequence[BucketRequest], max_wait: float) -> _Work[Decision]:
         rows = [(request.name, encode_key(request.key)) for request in requests]
         costs = [request.cost for request in requests]
         specs = [request.spec for request in requests]
@@ -261,11 +412,11 @@ class SQLiteStore:
                 self._wrote(connection, now)
             return decision
 
-        return self._transaction(work)
+        return work
 
-    def bucket_refund(
+    def _refund(
         self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
-    ) -> None:
+    ) -> _Work[None]:
         rows = [(request.name, encode_key(request.key)) for request in requests]
 
         def work(connection: sqlite3.Connection, now: float) -> None:
@@ -279,9 +430,11 @@ class SQLiteStore:
                 else:
                     connection.execute(_DELETE_TAT, row)
 
-        self._transaction(work)
+        return work
 
-    def bucket_penalize(self, name: str, key: str | None, spec: BucketSpec, seconds: float) -> None:
+    def _penalize(
+        self, name: str, key: str | None, spec: BucketSpec, seconds: float
+    ) -> _Work[None]:
         row = (name, encode_key(key))
 
         def work(connection: sqlite3.Connection, now: float) -> None:
@@ -290,29 +443,43 @@ class SQLiteStore:
             )
             self._wrote(connection, now)
 
-        self._transaction(work)
+        return work
+
+    def _tokens(self, name: str, key: str | None, spec: BucketSpec) -> _Work[float]:
+        row = (name, encode_key(key))
+        return lambda connection, now: tokens(_tat(connection, row), now, spec)
+
+    def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
+        return self._transaction(self._take(requests, max_wait))
+
+    def bucket_refund(
+        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
+    ) -> None:
+        self._transaction(self._refund(requests, reserved))
+
+    def bucket_penalize(self, name: str, key: str | None, spec: BucketSpec, seconds: float) -> None:
+        self._transaction(self._penalize(name, key, spec, seconds))
 
     def bucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
-        row = (name, encode_key(key))
-        return self._read(lambda connection, now: tokens(_tat(connection, row), now, spec))
+        return self._read(self._tokens(name, key, spec))
 
     async def abucket_take(
         self, requests: Sequence[BucketRequest], max_wait: float = 0.0
     ) -> Decision:
-        return await asyncio.to_thread(self.bucket_take, requests, max_wait)
+        return await self._arun(self._transaction, self._take(requests, max_wait))
 
     async def abucket_refund(
         self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
     ) -> None:
-        await asyncio.to_thread(self.bucket_refund, requests, reserved)
+        await self._arun(self._transaction, self._refund(requests, reserved))
 
     async def abucket_penalize(
         self, name: str, key: str | None, spec: BucketSpec, seconds: float
     ) -> None:
-        await asyncio.to_thread(self.bucket_penalize, name, key, spec, seconds)
+        await self._arun(self._transaction, self._penalize(name, key, spec, seconds))
 
     async def abucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
-        return await asyncio.to_thread(self.bucket_tokens, name, key, spec)
+        return await self._arun(self._read, self._tokens(name, key, spec))
 
     def bucket_count(self, name: str | None = None) -> int:
         """Rows held (idle buckets not swept yet included), for one limiter or all."""
@@ -328,10 +495,72 @@ class SQLiteStore:
 
     # -- circuits --------------------------------------------------------------------
 
+    def _load(self, name: str) -> _Work[CircuitSnapshot]:
+        return lambda connection, now: _snapshot(_circuit(connection, name), now)
+
+    def _move(
+        self,
+        name: str,
+        expected_version: int,
+        state: CircuitState,
+        reason: str,
+        trips: int,
+        break_duration: float,
+    ) -> _Work[tuple[bool, CircuitSnapshot]]:
+        def work(connection: sqlite3.Connection, now: float) -> tuple[bool, CircuitSnapshot]:
+            current = _circuit(connection, name)
+            if current[1] != expected_version:
+                return False, _snapshot(current, now)
+            open_until = 0.0
+            if state is CircuitState.OPEN:
+                # inf or NaN (refused upstream) must never read as "no break".
+                open_until = now + break_duration
+                if not math.isfinite(open_until):
+                    open_until = now + MAX_BREAK
+            new: _Circuit = (
+                state.value,
+                expected_version + 1,
+                trips,
+                reason,
+                open_until,
+                0,
+                0,
+                0.0,
+            )
+            connection.execute(_PUT_CIRCUIT, (name, *new))
+            return True, _snapshot(new, now)
+
+        return work
+
+    def _acquire(self, name: str, version: int, limit: int, lease: float | None) -> _Work[bool]:
+        if lease is None or not (math.isfinite(lease) and lease > 0):
+            lease = self.probe_lease  # a lease that never ends would be no lease at all
+
+        def work(connection: sqlite3.Connection, now: float) -> bool:
+            circuit = _circuit(connection, name)
+            if circuit[1] != version or circuit[0] != CircuitState.HALF_OPEN.value:
+                return False
+            granted, out, lapse_at = take_probe(circuit[5], circuit[7], now, limit, lease)
+            if granted:
+                connection.execute(_SET_PROBES, (out, lapse_at, name))
+            return granted
+
+        return work
+
+    def _release(self, name: str, version: int, succeeded: bool | None) -> _Work[int]:
+        def work(connection: sqlite3.Connection, now: float) -> int:
+            circuit = _circuit(connection, name)
+            if circuit[1] != version:
+                return -1
+            out = max(0, circuit[5] - 1)
+            successes = circuit[6] + (1 if succeeded else 0)
+            connection.execute(_PUT_CIRCUIT, (name, *circuit[:5], out, successes, circuit[7]))
+            return successes
+
+        return work
+
     def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
-        return self._read(
-            lambda connection, clock_now: _snapshot(_circuit(connection, name), clock_now)
-        )
+        return self._read(self._load(name))
 
     def breaker_transition(
         self,
@@ -343,45 +572,26 @@ class SQLiteStore:
         break_duration: float,
         now: float,
     ) -> tuple[bool, CircuitSnapshot]:
-        def work(connection: sqlite3.Connection, clock_now: float) -> tuple[bool, CircuitSnapshot]:
-            current = _circuit(connection, name)
-            if current[1] != expected_version:
-                return False, _snapshot(current, clock_now)
-            open_until = clock_now + break_duration if state is CircuitState.OPEN else 0.0
-            new: _Circuit = (state.value, expected_version + 1, trips, reason, open_until, 0, 0)
-            connection.execute(_PUT_CIRCUIT, (name, *new))
-            return True, _snapshot(new, clock_now)
+        return self._transaction(
+            self._move(name, expected_version, state, reason, trips, break_duration)
+        )
 
-        return self._transaction(work)
-
-    def breaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
-        def work(connection: sqlite3.Connection, now: float) -> bool:
-            state, current, _, _, _, out, successes = _circuit(connection, name)
-            if current != version or state != CircuitState.HALF_OPEN.value or out >= limit:
-                return False
-            connection.execute(_SET_PROBES, (out + 1, successes, name))
-            return True
-
-        return self._transaction(work)
+    def breaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
+        """Take a permit (see the protocol); ``now`` is ignored: the store's clock decides
+        when permits lapse. ``lease=None`` means :attr:`probe_lease`."""
+        return self._transaction(self._acquire(name, version, limit, lease))
 
     def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
-        def work(connection: sqlite3.Connection, now: float) -> int:
-            circuit = _circuit(connection, name)
-            if circuit[1] != version:
-                return -1
-            out = max(0, circuit[5] - 1)
-            successes = circuit[6] + (1 if succeeded else 0)
-            connection.execute(_PUT_CIRCUIT, (name, *circuit[:5], out, successes))
-            return successes
-
-        return self._transaction(work)
+        return self._transaction(self._release(name, version, succeeded))
 
     def breaker_watch(self, name: str, callback: SnapshotCallback) -> None:
         """SQLite cannot push changes: breakers poll (see ``breaker_staleness``)."""
         return None
 
     async def abreaker_load(self, name: str, now: float) -> CircuitSnapshot:
-        return await asyncio.to_thread(self.breaker_load, name, now)
+        return await self._arun(self._read, self._load(name))
 
     async def abreaker_transition(
         self,
@@ -393,22 +603,18 @@ class SQLiteStore:
         break_duration: float,
         now: float,
     ) -> tuple[bool, CircuitSnapshot]:
-        return await asyncio.to_thread(
-            self.breaker_transition,
-            name,
-            expected_version,
-            state,
-            reason,
-            trips,
-            break_duration,
-            now,
+        return await self._arun(
+            self._transaction,
+            self._move(name, expected_version, state, reason, trips, break_duration),
         )
 
-    async def abreaker_acquire_probe(self, name: str, version: int, limit: int) -> bool:
-        return await asyncio.to_thread(self.breaker_acquire_probe, name, version, limit)
+    async def abreaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
+        return await self._arun(self._transaction, self._acquire(name, version, limit, lease))
 
     async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
-        return await asyncio.to_thread(self.breaker_release_probe, name, version, succeeded)
+        return await self._arun(self._transaction, self._release(name, version, succeeded))
 
     def __getstate__(self) -> dict[str, Any]:
         # Picklable (e.g. handed to a spawned process): the connection stays behind.
@@ -417,6 +623,7 @@ class SQLiteStore:
             "timeout": self.timeout,
             "clock": None if isinstance(self._clock, _WallClock) else self._clock,
             "breaker_staleness": self.breaker_staleness,
+            "probe_lease": self.probe_lease,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -425,10 +632,115 @@ class SQLiteStore:
             timeout=state["timeout"],
             clock=state["clock"],
             breaker_staleness=state["breaker_staleness"],
+            probe_lease=state.get("probe_lease", DEFAULT_PROBE_LEASE),
         )
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, timeout={self.timeout!r})"
+
+
+def _seconds(
+    problems: list[tuple[str, str]],
+    field: str,
+    value: object,
+    *,
+    positive: bool = False,
+    ceiling: float = math.inf,
+) -> float:
+    """A finite number of seconds (or a ``timedelta``), else a problem naming ``field``."""
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        problems.append((field, f"expected a number of seconds, got {type(value).__name__}"))
+        return 0.0
+    try:
+        seconds = float(value)
+    except (OverflowError, ValueError):
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        problems.append((field, f"must be a finite number, got {value!r:.40}"))
+    elif positive and not seconds > 0:
+        problems.append((field, f"must be > 0, got {value!r}"))
+    elif seconds < 0:
+        problems.append((field, f"must be >= 0, got {value!r}"))
+    elif seconds > ceiling:
+        problems.append((field, f"must be <= {ceiling:g}, got {value!r:.40}"))
+    return seconds
+
+
+def _check_path(path: Any, problems: list[tuple[str, str]]) -> tuple[str, str]:
+    """``(path as given, absolute path)``; what makes the file unusable is a problem
+    now rather than a StoreUnavailable on first use. The file itself is not created."""
+    try:
+        given = os.fsdecode(os.fspath(path))
+    except TypeError:
+        problems.append(("path", f"expected a file path, got {type(path).__name__}"))
+        return "", ""
+    problem = _path_problem(given)
+    if problem is not None:
+        problems.append(("path", f"{given!r:.200}: {problem}"))
+        return given, ""
+    return given, os.path.abspath(given)
+
+
+def _path_problem(given: str) -> str | None:
+    if given in ("", ":memory:"):
+        return "SQLite needs a file that processes can share; for one process use MemoryStore"
+    if "\x00" in given:
+        return "contains a NUL character"
+    file = os.path.abspath(given)
+    folder = os.path.dirname(file)
+    if not os.path.isdir(folder):
+        return f"directory {folder!r} does not exist"
+    if os.path.isdir(file):
+        return "is a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"directory {folder!r} is not writable (SQLite creates -wal and -shm files there)"
+    if not os.path.exists(file):
+        return None
+    if not os.access(file, os.R_OK | os.W_OK):
+        return "cannot be opened for reading and writing"
+    try:
+        with open(file, "rb") as opened:
+            header = opened.read(16)
+    except OSError as error:
+        return f"cannot be opened ({error})"
+    if len(header) == 16 and header != b"SQLite format 3\x00":
+        return "is not an SQLite database"
+    return None
+
+
+def _identity_of(file: str) -> tuple[int, int] | None:
+    """The file's ``(st_dev, st_ino)``, ``None`` if nothing is at the path."""
+    try:
+        found = os.stat(file)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Add the columns a file made by an older version lacks (once, under the write lock)."""
+
+    def missing() -> list[tuple[str, str, str]]:
+        columns: dict[str, set[str]] = {}
+        for table, _, _ in _MIGRATIONS:
+            if table not in columns:
+                rows = connection.execute(f"PRAGMA table_info({table})").fetchall()
+                columns[table] = {row[1] for row in rows}
+        return [m for m in _MIGRATIONS if m[1] not in columns[m[0]]]
+
+    if not missing():
+        return
+    connection.execute("BEGIN IMMEDIATE")  # another process may be migrating too
+    try:
+        for table, column, definition in missing():
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 def _tat(connection: sqlite3.Connection, row: tuple[str, str]) -> float:
@@ -442,5 +754,7 @@ def _circuit(connection: sqlite3.Connection, name: str) -> _Circuit:
 
 
 def _snapshot(circuit: _Circuit, now: float) -> CircuitSnapshot:
+    # A row holding an infinite break (as older versions wrote inf) reads as
+    # MAX_BREAK remaining: snapshot_of never turns a non-finite break into none.
     state, version, trips, reason, open_until = circuit[:5]
     return snapshot_of((state, version, trips, reason, open_until - now))
