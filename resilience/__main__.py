@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
             "spikes, a short outage) and send it the same workload twice: with plain httpx, "
             "then through the standard HTTP pipeline (ResilientTransport) with a rate "
             "limiter per host. Shows live progress and ends with a comparison table. "
-            "Needs the httpx extra: pip install 'resilience[httpx]'."
+            "Needs the httpx extra: pip install 'resilience[httpx]'. The store is checked "
+            "before anything starts. Exit status: 0; 1 if the store failed during the runs "
+            "(the summary says how); 2 for bad options or a missing extra; 3 if the store "
+            "did not answer the check made before starting."
         ),
     )
     add_arguments(demo)

@@ -35,6 +35,16 @@ single-token takes at one instant could otherwise refuse its last token. The
 allow/refuse check forgives ``SLACK`` (a millionth of a token) of rounding, so
 a grant may come at most a millionth of an interval early; start times, waits
 and ``retry_after`` are computed without it, so they are never too short.
+Beyond that, each take rounds ``tat`` to the float grid of the clock's value:
+a take may be off by at most ``ulp(now) / interval`` tokens, a relative error
+of about 2**-52 * now / interval (for a monotonic clock at 10^6 s and a
+million tokens a second, about one token in ten thousand).
+
+Shapes are bounded (:func:`check_shape`, run once when a limiter is built): the
+interval ``per / rate`` lies in ``[MIN_INTERVAL, MAX_CAPACITY]`` and an empty
+bucket refills within ``MAX_CAPACITY`` seconds, so every quantity derived from
+a shape (interval, capacity, headroom) is finite and positive, and ``tat``
+never runs more than ``MAX_CAPACITY`` past the clock.
 """
 
 from __future__ import annotations
@@ -45,9 +55,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "FULL",
+    "MAX_CAPACITY",
+    "MIN_INTERVAL",
     "SLACK",
     "BucketSpec",
     "Decision",
+    "check_shape",
     "exact_delay",
     "is_full",
     "penalize",
@@ -63,6 +76,40 @@ FULL = -math.inf
 
 SLACK = 1e-6
 """Rounding error tolerated by every check, in tokens."""
+
+MIN_INTERVAL = 1e-9
+"""The shortest interval between two tokens, in seconds: a billion tokens a second."""
+
+MAX_CAPACITY = 1e9
+"""The longest an empty bucket may take to refill (``burst * interval``), in seconds
+(about 31 years); so too the longest interval."""
+
+
+def check_shape(rate: float, per: float, burst: int) -> tuple[tuple[str, ...], str] | None:
+    """What is wrong with the bucket shape ``rate`` per ``per`` seconds, ``burst``
+    at once, as (the fields involved, a message); ``None`` if nothing is.
+
+    Each field may be fine on its own and their combination not: ``rate=1e-10,
+    per=1e300`` puts one token every 1e310 seconds, which overflows to ``inf``.
+    """
+    interval = per / rate
+    if not MIN_INTERVAL <= interval <= MAX_CAPACITY:  # inf and NaN fail too
+        return (
+            ("rate", "per"),
+            f"one token every per/rate = {interval!r} seconds: must be between "
+            f"{MIN_INTERVAL:.0e} and {MAX_CAPACITY:.0e} seconds",
+        )
+    capacity = burst * interval
+    if not capacity <= MAX_CAPACITY:
+        return (
+            ("burst", "rate", "per"),
+            f"an empty bucket would take burst * per/rate = {capacity!r} seconds to refill: "
+            f"must be at most {MAX_CAPACITY:.0e} seconds",
+        )
+    spec = BucketSpec.of(rate, per, burst)
+    if not (0.0 < spec.headroom <= spec.capacity and spec.interval > 0.0):  # pragma: no cover
+        return (("burst", "rate", "per"), f"the bucket's shape does not compute: {spec!r}")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

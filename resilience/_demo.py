@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .breaker import CircuitBreaker
+    from .errors import StoreUnavailable
     from .ratelimit import RateLimiter
     from .retry import Retry
 
@@ -40,6 +41,15 @@ __all__ = ["add_arguments", "run_demo"]
 
 RETRY_AFTER = "1"
 """What the service's 429s ask for, in seconds."""
+
+STORE_CHECK_SECONDS = 5.0
+"""How long the check made before the demo starts waits for the store's answer."""
+
+# Exit statuses of the command (also in its --help).
+EXIT_OK = 0
+EXIT_STORE_FAILED = 1  # the runs completed, but the store failed during them
+EXIT_USAGE = 2  # bad options, or a missing extra
+EXIT_STORE_UNAVAILABLE = 3  # the store did not answer the check made before starting
 
 # -- the flaky service -----------------------------------------------------------------
 
@@ -162,6 +172,9 @@ class RunResult:
     rejections: int = 0
     limiter_waits: int = 0
     seconds: float = 0.0
+    store_failures: int = 0
+    store_error: str | None = None
+    """The first store failure seen (redacted), if the store failed during the run."""
 
     @property
     def failed(self) -> int:
@@ -204,6 +217,27 @@ class Live:
 def _failure_kind(error: BaseException) -> str:
     name = type(error).__name__
     return {"RemoteProtocolError": "disconnected", "ReadTimeout": "read timeout"}.get(name, name)
+
+
+def _store_failure(error: BaseException) -> StoreUnavailable | None:
+    """The store outage behind ``error``, if any (itself, or a cause of it)."""
+    from .errors import StoreUnavailable
+
+    seen: BaseException | None = error
+    for _ in range(8):  # a short chain; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, StoreUnavailable):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _shown(text: str) -> str:
+    """``text`` fit for the terminal: secrets (a password in a URL) masked, one line."""
+    from .telemetry.redaction import get_redactor
+
+    return " ".join(get_redactor().redact_text(text).split())
 
 
 class Progress:
@@ -256,6 +290,9 @@ def _drive(
                 kind = f"HTTP {response.status_code}"
         except Exception as error:  # the demo counts failures instead of crashing
             kind = _failure_kind(error)
+            outage = _store_failure(error)
+        else:
+            outage = None
         latency = time.monotonic() - due
         with lock:
             result.requests += 1
@@ -264,6 +301,10 @@ def _drive(
                 result.successes += 1
             else:
                 result.failures[kind] += 1
+            if outage is not None:
+                result.store_failures += 1
+                if result.store_error is None:
+                    result.store_error = _shown(f"{outage.store}: {outage.reason}")
 
     def line(elapsed: float) -> str:
         with lock:
@@ -343,6 +384,51 @@ def _resilient_transport(store: Any, rate: float) -> tuple[httpx.BaseTransport, 
     policies.insert(policies.index(breaker), per_host)
     pipeline = Pipeline(*policies, name="demo")
     return ResilientTransport(pipeline), Policies(retry, breaker, limiter)
+
+
+def _check_store(store: Any, seconds: float = STORE_CHECK_SECONDS) -> str | None:
+    """One cheap call to ``store`` (a limiter reading its tokens), waited for at
+    most ``seconds``: ``None`` if the store answered, else what is wrong (redacted)."""
+    from .errors import StoreUnavailable
+    from .ratelimit import RateLimiter
+
+    limiter = RateLimiter("demo.store_check", rate=1.0, store=store)
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            limiter.tokens()
+        except BaseException as error:  # reported to the caller, not raised in a thread
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    # In a thread: a store that hangs (a frozen server) must not hang the command.
+    checker = threading.Thread(target=check, name="demo-store-check", daemon=True)
+    checker.start()
+    checker.join(seconds)
+    if not outcome:
+        return f"no answer within {seconds:g} s"
+    error = outcome[0]
+    if error is None:
+        return None
+    if isinstance(error, StoreUnavailable):
+        return _shown(error.reason)
+    return _shown(f"{type(error).__name__}: {error}")
+
+
+def _limiter_waits(policies: Policies, live: Live, result: RunResult) -> int:
+    """The limiter's waits: from its statistics (which read the store), or, with the
+    store down, from the telemetry events counted during the run."""
+    from .errors import StoreUnavailable
+
+    try:
+        return policies.limiter.statistics.waited
+    except StoreUnavailable as error:
+        if result.store_error is None:
+            result.store_error = _shown(f"{error.store}: {error.reason}")
+        with live.lock:
+            return live.limiter_waits
 
 
 # -- OpenTelemetry ---------------------------------------------------------------------
@@ -465,6 +551,13 @@ def _summary(plain: RunResult, protected: RunResult, out: TextIO) -> None:
         f"{protected.label} {protected.success_rate:.1%}",
         file=out,
     )
+    if protected.store_error is not None:
+        print(
+            f"\nthe store failed during the run ({protected.store_error}): "
+            f"{protected.store_failures} request(s) {protected.label} failed with "
+            "StoreUnavailable (counted above); the comparison is not representative",
+            file=out,
+        )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -476,24 +569,36 @@ def run_demo(args: argparse.Namespace) -> int:
             "the demo needs httpx: pip install 'resilience[httpx]'",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     from .storage import store_from_url
     from .telemetry import subscribe
 
     if args.duration <= 0 or args.workers < 1 or args.rate <= 0:
         print("--duration, --workers and --rate must be positive", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    shown_store = _shown(args.store)
     try:
         store = store_from_url(args.store)
     except Exception as error:
-        print(f"--store {args.store}: {error}", file=sys.stderr)
-        return 2
+        print(f"--store {shown_store}: {_shown(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _check_store(store)
+    if problem is not None:
+        print(
+            f"--store {shown_store}: the store is unavailable ({problem}); "
+            "start it, or pick another with --store (memory:// needs nothing)",
+            file=sys.stderr,
+        )
+        if not problem.startswith("no answer"):  # a hung store may not close either
+            _close(store)
+        return EXIT_STORE_UNAVAILABLE
     shutdown_otel: Callable[[], None] | None = None
     if args.otel:
         configured = _configure_otel(args.otel)
         if isinstance(configured, str):
             print(configured, file=sys.stderr)
-            return 2
+            _close(store)
+            return EXIT_USAGE
         shutdown_otel = configured
 
     # The service runs in its own process, as a real one would: sharing the
@@ -515,7 +620,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"workload: {args.rate:g} requests/s for {seconds:g} s by up to {args.workers} threads, "
-        f"twice; store {args.store}",
+        f"twice; store {shown_store}",
         file=out,
     )
     print(
@@ -565,7 +670,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         protected.retries = policies.retry.statistics.retries
         protected.rejections = policies.breaker.statistics.rejections
-        protected.limiter_waits = policies.limiter.statistics.waited
+        protected.limiter_waits = _limiter_waits(policies, live, protected)
     finally:
         unsubscribe()
         control.close()
@@ -573,9 +678,13 @@ def run_demo(args: argparse.Namespace) -> int:
         service.join()
         if shutdown_otel is not None:
             shutdown_otel()
-        close = getattr(store, "close", None)
-        if callable(close):
-            close()
+        _close(store)
 
     _summary(plain, protected, out)
-    return 0
+    return EXIT_OK if protected.store_error is None else EXIT_STORE_FAILED
+
+
+def _close(store: Any) -> None:
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()

@@ -9,6 +9,10 @@ Jitter follows Marc Brooker's "Exponential Backoff and Jitter":
 * ``full``: uniform in ``[0, d]``;
 * ``equal``: ``d/2`` plus uniform in ``[0, d/2]``;
 * ``decorrelated`` (exponential only): uniform in ``[base, 3 * previous]``, capped.
+
+Every parameter is a finite duration of at most ``MAX_DURATION`` (10^9 s), or a
+cap of ``inf``, and no strategy ever returns more than ``MAX_DURATION``: a delay
+can always be slept.
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ from enum import StrEnum
 from random import Random
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from ._validation import OptionsModel, Seconds, build_options
+from ._clock import MAX_DURATION
+from ._validation import (
+    MAX_COUNT,
+    FiniteNumber,
+    FiniteSeconds,
+    OptionsModel,
+    Seconds,
+    build_options,
+)
 from .errors import ConfigurationError
 
 __all__ = [
@@ -43,15 +55,6 @@ class Jitter(StrEnum):
     FULL = "full"
     EQUAL = "equal"
     DECORRELATED = "decorrelated"
-
-
-def _finite(value: float) -> float:
-    if math.isinf(value):
-        raise ValueError("must be finite")
-    return value
-
-
-FiniteSeconds = Annotated[Seconds, AfterValidator(_finite)]
 
 
 class _JitterOptions(OptionsModel):
@@ -88,7 +91,7 @@ class LinearOptions(_JitterOptions):
 class ExponentialOptions(OptionsModel):
     kind: Literal["exponential"] = "exponential"
     base: FiniteSeconds = 0.1
-    multiplier: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] = 2.0
+    multiplier: Annotated[FiniteNumber, Field(ge=1.0)] = 2.0
     cap: Seconds = 30.0
     jitter: Jitter = Jitter.FULL
 
@@ -283,7 +286,8 @@ class LinearBackoff(Backoff):
 
     def ceiling(self, retry: int) -> float:
         o = self._options
-        return min(o.cap, o.base + o.step * (max(retry, 1) - 1))
+        steps = min(max(retry, 1), MAX_COUNT) - 1
+        return min(o.cap, o.base + o.step * steps, MAX_DURATION)
 
     def floor(self, retry: int) -> float:
         return _floor(self.ceiling(retry), self._options.jitter)
@@ -293,7 +297,8 @@ class LinearBackoff(Backoff):
 
     @property
     def max_delay(self) -> float:
-        return self._options.cap if self._options.step > 0 else self._options.base
+        o = self._options
+        return min(o.cap, MAX_DURATION) if o.step > 0 else o.base
 
 
 class ExponentialBackoff(Backoff):
@@ -308,12 +313,13 @@ class ExponentialBackoff(Backoff):
 
     def ceiling(self, retry: int) -> float:
         o = self._options
+        cap = min(o.cap, MAX_DURATION)
         if o.jitter is Jitter.DECORRELATED:
-            return o.cap
+            return cap
         try:
-            return min(o.cap, o.base * o.multiplier ** (max(retry, 1) - 1))
+            return min(cap, o.base * o.multiplier ** (max(retry, 1) - 1))
         except OverflowError:  # multiplier ** n past float range: far beyond any cap
-            return o.cap
+            return cap
 
     def floor(self, retry: int) -> float:
         o = self._options
@@ -325,12 +331,12 @@ class ExponentialBackoff(Backoff):
         o = self._options
         if o.jitter is Jitter.DECORRELATED:
             upper = max(o.base, 3.0 * (o.base if previous is None else previous))
-            return min(o.cap, rng.uniform(o.base, upper))
+            return min(o.cap, MAX_DURATION, rng.uniform(o.base, upper))
         return _jittered(self.ceiling(retry), o.jitter, rng)
 
     @property
     def max_delay(self) -> float:
-        return self._options.cap
+        return min(self._options.cap, MAX_DURATION)
 
 
 class ScheduleBackoff(Backoff):

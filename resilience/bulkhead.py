@@ -8,7 +8,15 @@ and asyncio tasks (on any event loop) may share one bulkhead.
 
 Waiting is real (monotonic) time: a thread blocked on a lock cannot be woken by
 a virtual clock. ``max_wait`` and the enclosing deadline
-(:func:`~resilience.remaining_time`) bound it.
+(:func:`~resilience.remaining_time`) bound it; ``max_wait`` is at most 1e9 s
+(``None`` or ``inf``: no bound), and a wait handed to ``Event.wait`` or
+``asyncio.timeout`` never exceeds the platform's limit (see
+:func:`resilience._clock.safe_wait`).
+
+A waiter that leaves the queue (its wait expired, its thread was interrupted,
+its task was cancelled) never takes a slot with it: if the slot was handed to
+it in the meantime, it passes the slot on; if a release skipped it because it
+was leaving, there is nothing to undo.
 """
 
 from __future__ import annotations
@@ -21,14 +29,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from pydantic import Field
-
+from ._clock import safe_wait
 from ._counters import counter_value
 from ._deadline import wait_budget
 from ._policy import Policy
-from ._validation import OptionsModel, Seconds, build_options
+from ._validation import Count, NonNegativeCount, OptionsModel, PolicyName, Seconds, build_options
 from .errors import BulkheadFull
 from .telemetry._hub import HUB
 from .telemetry.events import BulkheadRejected
@@ -43,10 +50,10 @@ R = TypeVar("R")
 class BulkheadOptions(OptionsModel):
     """Validated options of a :class:`Bulkhead`."""
 
-    max_concurrent: Annotated[int, Field(ge=1)]
-    max_queued: Annotated[int, Field(ge=0)] = 0
+    max_concurrent: Count
+    max_queued: NonNegativeCount = 0
     max_wait: Seconds | None = None
-    name: Annotated[str, Field(min_length=1)] = "bulkhead"
+    name: PolicyName = "bulkhead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +70,11 @@ class BulkheadStatistics:
 
 
 class _ThreadWaiter:
-    __slots__ = ("event", "granted")
+    __slots__ = ("event", "granted", "queued")
 
     def __init__(self) -> None:
         self.granted = False
+        self.queued = False  # in the bulkhead's deque (changed under its lock)
         self.event = threading.Event()
 
     def grant(self) -> bool:
@@ -81,10 +89,11 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 
 class _TaskWaiter:
-    __slots__ = ("future", "granted", "loop")
+    __slots__ = ("future", "granted", "loop", "queued")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.granted = False
+        self.queued = False  # in the bulkhead's deque (changed under its lock)
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
 
@@ -181,8 +190,12 @@ class Bulkhead(Policy):
         with self._lock:
             waiters = self._waiters
             while waiters:
-                if waiters.popleft().grant():
+                waiter = waiters.popleft()
+                waiter.queued = False
+                if waiter.grant():
                     return  # the slot changes hands; the active count stays
+                # A task that is giving up (cancelled, timed out): skipped, and
+                # told so by ``queued``; the slot goes to the next in line.
             self._active -= 1
 
     def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter | None) -> tuple[bool, float | None]:
@@ -192,6 +205,7 @@ class Bulkhead(Policy):
         if waiter is None or len(self._waiters) >= self._max_queued or budget == 0:
             return False, budget
         self._waiters.append(waiter)
+        waiter.queued = True
         return True, budget
 
     def _leave_queue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
@@ -200,7 +214,9 @@ class Bulkhead(Policy):
         with self._lock:
             if waiter.granted:
                 return True
-            self._waiters.remove(waiter)
+            if waiter.queued:  # else a release already took it out, and skipped it
+                self._waiters.remove(waiter)
+                waiter.queued = False
             return False
 
     # Rejections are raised outside the lock: a telemetry subscriber may be slow,
@@ -218,7 +234,13 @@ class Bulkhead(Policy):
         if not queued:
             raise self._reject("queue_full")
         assert waiter is not None
-        if not waiter.event.wait(budget) and not self._leave_queue(waiter):
+        try:
+            woken = waiter.event.wait(None if budget is None else safe_wait(budget))
+        except BaseException:  # interrupted (KeyboardInterrupt…) while queued
+            if self._leave_queue(waiter):
+                self.release()  # the slot arrived meanwhile: pass it on
+            raise
+        if not woken and not self._leave_queue(waiter):
             raise self._reject("wait_expired")
         next(self._calls)
 
@@ -235,7 +257,7 @@ class Bulkhead(Policy):
             raise self._reject("queue_full")
         assert waiter is not None
         try:
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(None if budget is None else safe_wait(budget)):
                 await waiter.future
         except TimeoutError:
             if not self._leave_queue(waiter):

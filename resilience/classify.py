@@ -13,8 +13,11 @@ loaded, so the lookup goes through the exception's own class hierarchy.
 
 from __future__ import annotations
 
-import email.utils
+import calendar
+import datetime
 import errno
+import math
+import re
 import socket
 import sys
 import time
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias
 
+from ._clock import MAX_DURATION
 from .errors import (
     BulkheadFull,
     CircuitOpenError,
@@ -86,35 +90,80 @@ _UNKNOWN = Classification(ErrorClass.UNKNOWN)
 # HTTP status codes and Retry-After
 
 
-def parse_retry_after(value: str | bytes | None, *, now: float | None = None) -> float | None:
-    """Parse a ``Retry-After`` header: delta-seconds or an HTTP date.
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+# RFC 9110 section 5.6.7, case-sensitive, ASCII digits only ([0-9], never \d).
+_IMF_FIXDATE = re.compile(rf"{_DAY}, ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME} GMT")
+_RFC850_DATE = re.compile(rf"{_LONG_DAY}, ([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME} GMT")
+_ASCTIME_DATE = re.compile(rf"{_DAY} {_MONTH} ([0-9]{{2}}| [0-9]) {_TIME} ([0-9]{{4}})")
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+_MAX_DIGITS = len(str(int(MAX_DURATION)))  # more digits than this: past the ceiling
 
-    Returns seconds to wait (never negative), or ``None`` if absent or invalid.
-    ``now`` is the current wall-clock time (``time.time()``) for dates.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
+
+def _http_date(text: str, now: float) -> float | None:
+    """The POSIX time of an RFC 9110 HTTP-date (any of its three formats), or None."""
+    match = _IMF_FIXDATE.fullmatch(text)
+    if match is not None:
+        day, month, year, hour, minute, second = match.groups()
     else:
-        if seconds != seconds or seconds in (float("inf"), float("-inf")):
-            return None
-        return max(0.0, seconds)
+        match = _RFC850_DATE.fullmatch(text)
+        if match is not None:
+            day, month, short_year, hour, minute, second = match.groups()
+            # A two-digit year more than 50 years ahead is the last such year past.
+            this_year = time.gmtime(now).tm_year if math.isfinite(now) else 2000
+            century = this_year - this_year % 100
+            year = str(century + int(short_year))
+            if int(year) > this_year + 50:
+                year = str(int(year) - 100)
+        else:
+            match = _ASCTIME_DATE.fullmatch(text)
+            if match is None:
+                return None
+            month, day, hour, minute, second, year = match.groups()
     try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        parsed = (int(year), _MONTHS.index(month) + 1, int(day.strip()))
+        datetime.date(*parsed)  # a day the month has
+    except ValueError:
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are always GMT
+    h, m, sec = int(hour), int(minute), int(second)
+    if h > 23 or m > 59 or sec > 60:  # 60: a leap second
         return None
+    return float(calendar.timegm((*parsed, h, m, sec, 0, 0, 0)))
+
+
+def parse_retry_after(value: str | bytes | None, *, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header value as RFC 9110 defines it.
+
+    ``delay-seconds`` is one or more ASCII digits (no sign, no fraction, no
+    exponent, no ``_``); otherwise the value must be an HTTP-date in one of
+    its three formats (IMF-fixdate, the obsolete RFC 850 and asctime forms),
+    and a date in the past means ``0.0``. Anything else is garbage: ``None``.
+
+    Returns seconds to wait, in ``[0, MAX_DURATION]``: a longer delay (or a
+    date further ahead) is clamped to ``MAX_DURATION`` (1e9 s); a retry then
+    bounds it further by its own ``max_delay``. ``now`` is the current
+    wall-clock time (``time.time()``) for dates.
+    """
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    text = value.strip(" \t")  # optional whitespace around a field value
+    if _DELAY_SECONDS.fullmatch(text):
+        if len(text.lstrip("0")) > _MAX_DIGITS:
+            return MAX_DURATION  # no int() of a huge digit string
+        return min(float(int(text)), MAX_DURATION)
     current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    when = _http_date(text, current)
+    if when is None:
+        return None
+    delay = when - current
+    if not delay > 0.0:  # in the past (or a NaN ``now``): now
+        return 0.0
+    return min(delay, MAX_DURATION)
 
 
 def classify_status(status: int, retry_after: float | None = None) -> Classification | None:
@@ -320,12 +369,22 @@ _PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _hint(retry_after: Any) -> float | None:
+    """A rejection's ``retry_after`` as a wait: ``None`` unless a number >= 0
+    (not NaN), and at most ``MAX_DURATION`` (``inf`` included)."""
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int | float):
+        return None
+    if not retry_after >= 0:
+        return None
+    return float(retry_after) if retry_after <= MAX_DURATION else MAX_DURATION
+
+
 def _classify_own(exc: BaseException) -> Classification | None:
     if isinstance(exc, CircuitOpenError | BulkheadFull):
         # Waiting out the break (or for a free slot) may succeed: transient.
-        return Classification(ErrorClass.TRANSIENT, exc.retry_after)
+        return Classification(ErrorClass.TRANSIENT, _hint(exc.retry_after))
     if isinstance(exc, RateLimitExceeded):
-        return Classification(ErrorClass.RATE_LIMITED, exc.retry_after)
+        return Classification(ErrorClass.RATE_LIMITED, _hint(exc.retry_after))
     if isinstance(exc, TimeoutExceeded):
         return _TIMEOUT
     if isinstance(exc, StoreUnavailable):

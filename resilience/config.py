@@ -120,7 +120,7 @@ class PolicyKind:
             module = importlib.import_module(self.module)
         except ImportError as error:
             raise ConfigurationError(
-                "resilience configuration",
+                "resilience",
                 [(self.name, f"policy kind not available: {error}")],
             ) from error
         return getattr(module, self.policy), getattr(module, self.options)
@@ -196,7 +196,7 @@ def build_policy(
     spec = POLICY_KINDS.get(kind)
     if spec is None:
         raise ConfigurationError(
-            "resilience configuration",
+            "resilience",
             [("kind", f"must be one of {', '.join(POLICY_KINDS)}, got {kind!r}")],
         )
     values = _policy_values(spec, options, more)

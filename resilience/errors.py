@@ -62,25 +62,34 @@ class CircuitOpenError(_RejectedError):
         when = "" if retry_after is None else f"; retry after {retry_after:.3f}s"
         super().__init__(f"circuit {name!r} is open{when}", name=name, retry_after=retry_after)
         self.opened_by = opened_by
-        """The failure that opened the circuit, when this process saw it (else
-        ``None``); also this error's ``__cause__``, so the root cause survives a
-        retry that gives up on the rejection."""
+        """The last failure this breaker recorded before the circuit opened
+        (``None`` when it recorded none: another process opened the circuit, or
+        it was isolated by hand); also this error's ``__cause__``, so the root
+        cause survives a retry that gives up on the rejection."""
         if opened_by is not None:
             self.__cause__ = opened_by
 
 
 class RateLimitExceeded(_RejectedError):
-    """A rate limiter had no tokens for the call within its allowed wait."""
+    """A rate limiter had no tokens for the call within its allowed wait.
+
+    ``key`` is the caller's raw key; the message (and so ``str()``, ``repr()``,
+    logs and spans) shows only its ``key_label`` (``key#3f2a9c1e07d4``), unless
+    ``resilience.telemetry.configure(show_keys=True)`` asked to show keys.
+    """
 
     def __init__(
         self, name: str, retry_after: float | None = None, *, key: str | None = None
     ) -> None:
-        where = "" if key is None else f" for key {key!r}"
+        from .telemetry.redaction import describe_key, key_label
+
+        where = "" if key is None else f" for {describe_key(key)}"
         when = "" if retry_after is None else f"; retry after {retry_after:.3f}s"
         super().__init__(
             f"rate limit {name!r} exceeded{where}{when}", name=name, retry_after=retry_after
         )
         self.key = key
+        self.key_label = None if key is None else key_label(key)
 
 
 class BulkheadFull(_RejectedError):

@@ -24,14 +24,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import ValidationInfo, field_validator
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._policy import Policy
-from ._validation import OptionsModel, PositiveSeconds, build_options
+from ._validation import Count, OptionsModel, PolicyName, PositiveSeconds, build_options
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
 from .telemetry._hub import HUB
 from .telemetry.events import FallbackUsed
@@ -72,7 +72,7 @@ class FallbackOptions(OptionsModel):
     value: Any = None
     handler: Callable[[BaseException], Any] | None = None
     on: Any = None
-    name: Annotated[str, Field(min_length=1)] = "fallback"
+    name: PolicyName = "fallback"
 
     @field_validator("on")
     @classmethod
@@ -93,8 +93,8 @@ class CachedFallbackOptions(OptionsModel):
     max_age: PositiveSeconds
     on: Any = None
     key: Callable[..., Hashable] | None = None
-    max_entries: Annotated[int, Field(ge=1)] = 1024
-    name: Annotated[str, Field(min_length=1)] = "cached_fallback"
+    max_entries: Count = 1024
+    name: PolicyName = "cached_fallback"
     clock: Clock = SYSTEM_CLOCK
 
     @field_validator("on")

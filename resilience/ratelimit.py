@@ -22,20 +22,30 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import math
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Annotated, Any, ClassVar, ParamSpec, Self, TypeVar
+from typing import Any, ClassVar, ParamSpec, Self, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
-from ._bucket import BucketSpec, Decision
-from ._clock import SYSTEM_CLOCK, Clock
+from ._bucket import BucketSpec, Decision, check_shape
+from ._clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._deadline import remaining_time
 from ._policy import Policy
-from ._validation import OptionsModel, PositiveSeconds, Seconds, build_options
+from ._validation import (
+    MAX_COUNT,
+    Count,
+    DerivedError,
+    FinitePositiveSeconds,
+    OptionsModel,
+    PolicyName,
+    PositiveNumber,
+    Seconds,
+    build_options,
+    clamp_seconds,
+)
 from .errors import ConfigurationError, RateLimitExceeded
 from .storage._guard import FailureMode, GuardedBucketStore
 from .storage.buckets import BucketRequest, BucketStore, MemoryBucketStore
@@ -58,25 +68,33 @@ Key = str | None
 KeyFunction = Callable[..., Key]
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value!r}")
-    return value
+def _plain_key(key: object) -> str:
+    """A limiter key that is not a plain ``str`` or ``None``: a ``str`` subclass
+    becomes a plain ``str``; anything else is refused before it reaches a store."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    raise TypeError(f"key: must be a str or None, got {type(key).__name__}")
 
 
 class RateLimiterOptions(OptionsModel):
-    """Validated options of a :class:`RateLimiter`."""
+    """Validated options of a :class:`RateLimiter`.
 
-    name: Annotated[str, Field(min_length=1)]
-    rate: Annotated[float, Field(gt=0), AfterValidator(_finite)]
+    Besides each field's own bounds, the shape they make together is checked
+    (:func:`resilience._bucket.check_shape`): one token every ``per / rate``
+    seconds, between 1e-9 and 1e9 s, and ``burst * per / rate`` (the time an
+    empty bucket takes to refill) at most 1e9 s.
+    """
+
+    name: PolicyName
+    rate: PositiveNumber
     """Tokens added per ``per`` seconds."""
-    per: Annotated[PositiveSeconds, AfterValidator(_finite)] = 1.0
-    burst: Annotated[int, Field(ge=1)] | None = None
+    per: FinitePositiveSeconds = 1.0
+    burst: Count | None = None
     """Bucket capacity: most tokens available at once. Default: ``rate``
     (rounded down, at least 1)."""
     max_wait: Seconds | None = None
     """How long ``acquire`` and the decorator/context forms wait by default
-    (``None``: as long as it takes)."""
+    (``None`` or ``inf``: as long as it takes, up to 1e9 s)."""
     store: Any = None
     clock: Any = None
     on_store_failure: FailureMode = "fail_closed"
@@ -109,7 +127,11 @@ class RateLimiterOptions(OptionsModel):
     def _fill_defaults(self) -> RateLimiterOptions:
         # Frozen model: defaults that depend on other fields are set once, here.
         if self.burst is None:
-            object.__setattr__(self, "burst", max(1, int(self.rate)))
+            object.__setattr__(self, "burst", min(MAX_COUNT, max(1, int(self.rate))))
+        assert self.burst is not None
+        problem = check_shape(self.rate, self.per, self.burst)
+        if problem is not None:
+            raise DerivedError(*problem)
         store, clock = self.store, self.clock
         if store is None:
             store = MemoryBucketStore(clock)
@@ -133,17 +155,6 @@ class RateLimiterStatistics:
     rejected: int
     waited: int
     tokens: float
-
-
-def _to_seconds(value: float | datetime.timedelta, field: str, owner: str) -> float:
-    """A per-call duration (a timeout, a pause): seconds or ``timedelta``, >= 0."""
-    try:
-        seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if math.isnan(seconds) or seconds < 0:
-        raise ConfigurationError(owner, [(field, f"must be >= 0 seconds, got {value!r}")])
-    return seconds
 
 
 def _nothing() -> None:
@@ -297,7 +308,9 @@ class RateLimiter(_Acquiring):
         self.name = options.name
         self._owner = f"RateLimiter {options.name!r}"
         self._spec = spec = BucketSpec.of(options.rate, options.per, options.burst)
-        self._max_wait = math.inf if options.max_wait is None else options.max_wait
+        # Every wait has a ceiling: "as long as it takes" is at most MAX_DURATION.
+        max_wait = options.max_wait
+        self._max_wait = MAX_DURATION if max_wait is None else min(max_wait, MAX_DURATION)
         self._store: BucketStore = options.store
         self._clock: Clock = options.clock
         if not isinstance(options.store, MemoryBucketStore):
@@ -360,7 +373,7 @@ class RateLimiter(_Acquiring):
         raise ConfigurationError(self._owner, [("cost", problem)])
 
     def _wait_limit(self, timeout: float | datetime.timedelta) -> float:
-        return _to_seconds(timeout, "timeout", self._owner)
+        return clamp_seconds(timeout, "timeout", self._owner)
 
     def _request(self, key: Key, cost: int) -> BucketRequest:
         return BucketRequest(self.name, key, cost, self._spec)
@@ -372,6 +385,8 @@ class RateLimiter(_Acquiring):
 
     def try_acquire(self, key: Key = None, cost: int = 1) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if it has them now; never waits."""
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
         take_one = self._take_one
         if cost == 1 and take_one is not None:
             granted = take_one(key)  # the in-memory fast path
@@ -408,7 +423,10 @@ class RateLimiter(_Acquiring):
 
         Raises :class:`~resilience.RateLimitExceeded` at once, without waiting
         and without taking anything, when the tokens would not be there in time.
+        No wait is longer than 1e9 s: a longer one is refused the same way.
         """
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
         max_wait = self._max_wait if timeout is None else self._wait_limit(timeout)
         take_one = self._take_one
         if cost == 1 and take_one is not None and take_one(key):
@@ -434,6 +452,8 @@ class RateLimiter(_Acquiring):
         reserved after it; otherwise the tokens stay spent (erring on the safe
         side).
         """
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
         max_wait = self._max_wait if timeout is None else self._wait_limit(timeout)
         take_one = self._take_one
         if cost == 1 and take_one is not None and take_one(key):
@@ -453,22 +473,31 @@ class RateLimiter(_Acquiring):
         """Grant nothing from ``key``'s bucket for ``seconds`` (a server's Retry-After).
 
         Everyone sharing the bucket (through the store) pauses. Afterwards the
-        bucket holds one token and refills at the normal rate.
+        bucket holds one token and refills at the normal rate. A pause longer
+        than 1e9 s (``inf`` included) is cut to 1e9 s.
         """
-        pause = _to_seconds(seconds, "seconds", self._owner)
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
+        pause = clamp_seconds(seconds, "seconds", self._owner)
         self._store.bucket_penalize(self.name, key, self._spec, pause)
 
     async def apenalize(self, seconds: float | datetime.timedelta, key: Key = None) -> None:
         """:meth:`penalize`, for a store whose calls are awaited."""
-        pause = _to_seconds(seconds, "seconds", self._owner)
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
+        pause = clamp_seconds(seconds, "seconds", self._owner)
         await self._store.abucket_penalize(self.name, key, self._spec, pause)
 
     def tokens(self, key: Key = None) -> float:
         """Tokens ``key``'s bucket holds now (fractional while refilling)."""
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
         return self._store.bucket_tokens(self.name, key, self._spec)
 
     async def atokens(self, key: Key = None) -> float:
         """:meth:`tokens`, for a store whose calls are awaited."""
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
         return await self._store.abucket_tokens(self.name, key, self._spec)
 
     # -- binding and combining ------------------------------------------------------------------
@@ -485,6 +514,8 @@ class RateLimiter(_Acquiring):
         function's arguments (decorator use only)."""
         if not callable(key):
             self._check_cost(cost)
+            if key is not None and type(key) is not str:
+                key = _plain_key(key)
         return Limit(self, key, cost, timeout)
 
     @staticmethod
@@ -532,6 +563,8 @@ class Limit(_Acquiring):
                 f"limit on {self.name!r} has a key function: use it as a decorator, "
                 "or bind a key with limiter.limit(key)"
             )
+        if key is not None and type(key) is not str:
+            key = _plain_key(key)
         return key
 
     def try_acquire(self) -> bool:
@@ -647,7 +680,7 @@ class CompositeLimit(_Acquiring):
             timeout = self.timeout
         if timeout is None:
             return min(limiter._max_wait for limiter in self._limiters)
-        return _to_seconds(timeout, "timeout", "RateLimiter.all")
+        return clamp_seconds(timeout, "timeout", "RateLimiter.all")
 
     def _count(self, granted: bool, waited: bool) -> None:
         for limiter in self._limiters:

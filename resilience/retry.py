@@ -25,16 +25,23 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from pydantic import Field, field_validator
 
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._deadline import DEADLINE, RawDeadline, remaining_time, tighter
 from ._policy import Policy
 from ._testing_mode import TESTING_MODE
-from ._validation import OptionsModel, PositiveSeconds, build_options
+from ._validation import (
+    MAX_NAME_LENGTH,
+    Count,
+    OptionsModel,
+    PolicyName,
+    PositiveSeconds,
+    build_options,
+)
 from .backoff import Backoff
 from .classify import (
     ClassifierLike,
@@ -63,6 +70,12 @@ R = TypeVar("R")
 
 GiveUpReason = Literal["not_retryable", "attempts", "deadline"]
 
+DEFAULT_RETRY_AFTER_CEILING = 300.0
+"""The longest wait a server's ``Retry-After`` (or a rejection's ``retry_after``)
+may ask for when neither ``max_delay`` nor the backoff sets a ceiling: constant,
+schedule and uncapped linear backoffs. A longer hint is capped to it (see
+docs/retry.md, "Deadline and Retry-After")."""
+
 _NO_RESULT: Any = object()
 
 
@@ -86,7 +99,7 @@ RetryOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseExcep
 class RetryOptions(OptionsModel):
     """Validated options of a :class:`Retry`."""
 
-    attempts: Annotated[int, Field(ge=1)] = 3
+    attempts: Count = 3
     backoff: Backoff = Field(default_factory=lambda: Backoff.exponential(0.1, 10.0))
     deadline: PositiveSeconds | None = None
     max_delay: PositiveSeconds | None = None
@@ -97,7 +110,7 @@ class RetryOptions(OptionsModel):
     classifier: Any = None
     on_retry: Callable[[RetryInfo], object] | None = None
     on_give_up: Callable[[RetryInfo], object] | None = None
-    name: Annotated[str, Field(min_length=1)] = "retry"
+    name: PolicyName = "retry"
     clock: Clock = SYSTEM_CLOCK
     rng: random.Random | None = None
 
@@ -249,10 +262,15 @@ class Retry(Policy):
         self._backoff = options.backoff
         self._backoff_by_class = dict(options.backoff_by_class)
         self._deadline = options.deadline
-        self._delay_ceiling = math.inf if options.max_delay is None else options.max_delay
-        # A server's Retry-After is honoured up to the backoff's own cap, if it has one.
-        backoff_cap = getattr(options.backoff.options, "cap", math.inf)
-        self._retry_after_ceiling = min(self._delay_ceiling, backoff_cap)
+        max_delay = options.max_delay
+        # No wait is ever longer than max_delay, nor than MAX_DURATION (inf included).
+        self._delay_ceiling = MAX_DURATION if max_delay is None else min(max_delay, MAX_DURATION)
+        # A server's Retry-After is honoured up to the backoff's own cap (for the
+        # backoff of the error's class); see _hint_ceiling.
+        self._retry_after_ceiling = {
+            backoff: self._hint_ceiling(backoff)
+            for backoff in (options.backoff, *options.backoff_by_class.values())
+        }
         self._classify = make_classifier(options.classifier)
         self._retryable = error_filter(options.retry_on, self._classify)
         self._retry_if_result = options.retry_if_result
@@ -336,6 +354,15 @@ class Retry(Policy):
             TESTING_MODE.cap(self._attempts),
         )
 
+    def _hint_ceiling(self, backoff: Backoff) -> float:
+        """The longest wait a server's hint may ask for, with this backoff: the
+        backoff's cap and ``max_delay``, whichever is smaller; without either,
+        :data:`DEFAULT_RETRY_AFTER_CEILING`."""
+        cap = getattr(backoff.options, "cap", math.inf)
+        if not math.isfinite(cap):
+            cap = math.inf if self.options.max_delay is not None else DEFAULT_RETRY_AFTER_CEILING
+        return min(cap, self._delay_ceiling)
+
     def _next_delay(self, call: _Call, exc: BaseException | None, result: Any) -> float:
         """After a failed attempt: the delay before the next one, or raise ``_GiveUp``."""
         retry_after: float | None = None
@@ -350,11 +377,12 @@ class Retry(Policy):
         if call.attempts >= call.max_attempts:
             raise _GiveUp("attempts")
         backoff = self._backoff_by_class.get(call.error_class, self._backoff)  # type: ignore[arg-type]
-        delay = min(
-            backoff.delay(call.attempts, call.previous_delay, self._rng), self._delay_ceiling
-        )
+        delay = backoff.delay(call.attempts, call.previous_delay, self._rng)
+        if not delay <= self._delay_ceiling:  # NaN from a custom backoff too
+            delay = self._delay_ceiling if delay > 0 else 0.0
+        # A hint that is not a number >= 0 (NaN, negative) is no hint; inf is capped.
         if retry_after is not None and self.options.respect_retry_after and retry_after > delay:
-            delay = max(delay, min(retry_after, self._retry_after_ceiling))
+            delay = max(delay, min(retry_after, self._retry_after_ceiling[backoff]))
         if self._deadline is not None:
             elapsed = self._clock.now() - call.start
             if elapsed + delay >= self._deadline:  # no time would be left to try
@@ -364,7 +392,6 @@ class Retry(Policy):
         if left is not None and delay >= left:
             raise _GiveUp("deadline")
         call.previous_delay = delay
-        next(self._retries)
         if self._on_retry is not None:
             self._on_retry(self._info(call, delay, exc, result, None))
         if HUB.active:
@@ -373,6 +400,9 @@ class Retry(Policy):
         return delay
 
     def _begin_attempt(self, call: _Call) -> None:
+        # Counted here, not when the retry is scheduled: a call whose backoff sleep
+        # was interrupted (an exception, a cancelled task) made no further attempt.
+        next(self._retries)
         call.attempts += 1
         if HUB.active:
             HUB.emit(AttemptStarted(self.name, call.attempts))
@@ -800,7 +830,10 @@ def with_retry(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         settings = dict(options)
-        settings.setdefault("name", getattr(func, "__qualname__", "retry"))
+        qualname = getattr(func, "__qualname__", None)
+        # A name is at most MAX_NAME_LENGTH characters: keep the innermost part.
+        default = qualname[-MAX_NAME_LENGTH:] if isinstance(qualname, str) and qualname else "retry"
+        settings.setdefault("name", default)
         return Retry.default(**settings)(func)
 
     if fn is not None:

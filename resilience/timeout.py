@@ -14,6 +14,9 @@
   running to the end; its result is dropped and a warning is logged.
 
 In every mode the budget is bounded by an enclosing ``Timeout``'s deadline.
+``seconds`` is at most 1e9 (or ``inf``, no limit); a wait handed to
+``asyncio.timeout`` or ``Future.result`` never exceeds the platform's limit
+(see :func:`resilience._clock.safe_wait`).
 """
 
 from __future__ import annotations
@@ -27,15 +30,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
-from pydantic import Field
-
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, safe_wait
 from ._counters import counter_value
 from ._deadline import DEADLINE, RawDeadline, tighter
 from ._policy import Policy
-from ._validation import OptionsModel, PositiveSeconds, build_options
+from ._validation import OptionsModel, PolicyName, PositiveSeconds, build_options
 from .errors import TimeoutExceeded
 from .telemetry._hub import HUB
 from .telemetry.events import TimeoutExpired
@@ -56,7 +57,7 @@ class TimeoutOptions(OptionsModel):
 
     seconds: PositiveSeconds
     mode: TimeoutMode = "cooperative"
-    name: Annotated[str, Field(min_length=1)] = "timeout"
+    name: PolicyName = "timeout"
     clock: Clock = SYSTEM_CLOCK
 
 
@@ -207,7 +208,7 @@ class Timeout(Policy):
             worker.start()
             try:
                 # Real time: a thread cannot be woken by a virtual clock.
-                return future.result(timeout=max(0.0, deadline[0] - clock.now()))
+                return future.result(timeout=safe_wait(deadline[0] - clock.now()))
             except FutureTimeout:
                 if future.done():
                     raise  # the call's own TimeoutError (the same class since 3.11)
@@ -241,7 +242,7 @@ class Timeout(Policy):
             try:
                 # The event loop's timer cancels the call; the check after it makes
                 # a virtual clock (FakeClock) behave the same in tests.
-                async with asyncio.timeout(max(0.0, deadline[0] - clock.now())) as scope:
+                async with asyncio.timeout(safe_wait(deadline[0] - clock.now())) as scope:
                     result = await fn(*args, **kwargs)
             except TimeoutExceeded:
                 passed_through(deadline)

@@ -115,8 +115,7 @@ def test_keys_have_their_own_buckets(clock: FakeClock) -> None:
     assert limiter.tokens("carol") == 2.0
     with pytest.raises(rs.RateLimitExceeded) as caught:
         limiter.acquire("alice", timeout=0)
-    assert caught.value.key == "alice"
-    assert "alice" in str(caught.value)
+    assert caught.value.key == "alice"  # how the message shows it: see the redaction tests
 
 
 def test_decorator_and_context_managers(clock: FakeClock) -> None:

@@ -155,13 +155,22 @@ async def _in_new_loop(store: PostgresStore, one: list[BucketRequest]) -> Decisi
 
 
 def test_a_store_pickles_without_its_connection(dsn: str) -> None:
-    store = PostgresStore(dsn, table="resilience_test", timeout=1.5, synchronous_commit=False)
-    copy = pickle.loads(pickle.dumps(store))
-    assert (copy.dsn, copy.timeout, copy.table, copy.synchronous_commit) == (
+    store = PostgresStore(
         dsn,
-        1.5,
-        "resilience_test",
-        False,
+        table="resilience_test",
+        timeout=1.5,
+        synchronous_commit=False,
+        pool_size=3,
+        probe_lease=7.5,
     )
+    copy = pickle.loads(pickle.dumps(store))
+    assert (
+        copy.dsn,
+        copy.timeout,
+        copy.table,
+        copy.synchronous_commit,
+        copy.pool_size,
+        copy.probe_lease,
+    ) == (dsn, 1.5, "resilience_test", False, 3, 7.5)
     assert copy.breaker_load(fresh(), 0.0).version == 0
     copy.close()

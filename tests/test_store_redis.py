@@ -184,12 +184,16 @@ async def test_circuits(store: RedisStore) -> None:
     lost, current = await store.abreaker_transition("c", 0, OPEN, "me too", 1, 10.0, 0.0)
     assert not lost and current.version == 1 and current.reason == "tripped"
     assert 9.0 < current.break_remaining <= 10.0
-    assert not store.breaker_acquire_probe("c", 1, 5)  # not half-open
+    assert not store.breaker_acquire_probe("c", 1, 5, None, 0.0)  # not half-open
     store.breaker_transition("c", 1, HALF_OPEN, "probing", 1, 0.0, 0.0)
-    assert [store.breaker_acquire_probe("c", 2, 2) for _ in range(3)] == [True, True, False]
-    assert not await store.abreaker_acquire_probe("c", 1, 5)  # an old version
+    assert [store.breaker_acquire_probe("c", 2, 2, None, 0.0) for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    assert not await store.abreaker_acquire_probe("c", 1, 5, None, 0.0)  # an old version
     assert store.breaker_release_probe("c", 2, True) == 1
-    assert await store.abreaker_acquire_probe("c", 2, 2)  # a permit came back
+    assert await store.abreaker_acquire_probe("c", 2, 2, None, 0.0)  # a permit came back
     assert await store.abreaker_release_probe("c", 2, None) == 1
     assert store.breaker_release_probe("c", 1, True) == -1  # moved on
     won, snapshot = store.breaker_transition("c", 2, OPEN, "forever", 2, math.inf, 0.0)
@@ -203,10 +207,10 @@ def test_probe_permits_lapse_after_their_lease(url: str) -> None:
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, probe_lease=0.05)
     try:
         store.breaker_transition("c", 0, HALF_OPEN, "probing", 1, 0.0, 0.0)
-        assert store.breaker_acquire_probe("c", 1, 1)
-        assert not store.breaker_acquire_probe("c", 1, 1)
+        assert store.breaker_acquire_probe("c", 1, 1, None, 0.0)
+        assert not store.breaker_acquire_probe("c", 1, 1, None, 0.0)
         time.sleep(0.1)  # the holder "died": its permit lapses
-        assert store.breaker_acquire_probe("c", 1, 1)
+        assert store.breaker_acquire_probe("c", 1, 1, None, 0.0)
     finally:
         store.close()
         drop_prefix(url, prefix)
@@ -434,8 +438,8 @@ class CircuitsMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(["x", "y"]), stale=st.booleans(), limit=st.integers(1, 3))
     def acquire(self, name: str, stale: bool, limit: int) -> None:
         version = self.version(name) - (1 if stale else 0)
-        got = self.redis.breaker_acquire_probe(name, version, limit)
-        assert got == self.memory.breaker_acquire_probe(name, version, limit)
+        got = self.redis.breaker_acquire_probe(name, version, limit, None, 0.0)
+        assert got == self.memory.breaker_acquire_probe(name, version, limit, None, 0.0)
 
     @rule(
         name=st.sampled_from(["x", "y"]),

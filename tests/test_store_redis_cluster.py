@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -132,5 +135,44 @@ async def test_async_on_the_cluster(store: RedisStore) -> None:
     decision = await store.abucket_take([BucketRequest("async", None, 1, SPEC)], max_wait=1000.0)
     assert decision.granted and decision.wait > 99.0
     won, _ = await store.abreaker_transition("svc", 0, CircuitState.HALF_OPEN, "p", 1, 0.0, 0.0)
-    assert won and await store.abreaker_acquire_probe("svc", 1, 1)
+    assert won and await store.abreaker_acquire_probe("svc", 1, 1, None, 0.0)
     await store.aclose()
+
+
+def test_more_callers_than_connections_wait_their_turn_on_the_cluster(cluster_url: str) -> None:
+    """Each node's pool blocks (sync), and a gate holds asyncio calls to the pool's
+    size: more callers than connections are back-pressure, never an outage."""
+    store = RedisStore.from_url(
+        cluster_url, prefix=f"t-{uuid.uuid4().hex}", timeout=5.0, max_connections=3
+    )
+    limiter = RateLimiter("crowd", rate=1, per=3600.0, burst=25, store=store)
+    grants: list[bool] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        for _ in range(3):
+            try:
+                grants.append(limiter.try_acquire())
+            except BaseException as error:  # every error is a finding
+                errors.append(error)
+
+    threads = [threading.Thread(target=caller) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60.0)
+
+    async def crowd() -> list[Any]:
+        other = RateLimiter("crowd-async", rate=1, per=3600.0, burst=25, store=store)
+        calls = [other.aacquire(timeout=0) for _ in range(100)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await store.aclose()
+        return results
+
+    try:
+        assert errors == [] and len(grants) == 90 and sum(grants) == 25
+        results = asyncio.run(crowd())
+        refused = [r for r in results if isinstance(r, rs.RateLimitExceeded)]
+        assert len(refused) == 75 and results.count(None) == 25, {type(r) for r in results}
+    finally:
+        store.close()

@@ -30,6 +30,7 @@ import resilience as rs
 from resilience._bucket import BucketSpec
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
+from resilience.storage.breakers import CircuitSnapshot
 from resilience.storage.redis import RedisStore
 from resilience.testing import FakeClock
 
@@ -124,7 +125,7 @@ def every_operation(store: RedisStore) -> list[Callable[[], object]]:
         lambda: store.bucket_tokens("api", None, SPEC),
         lambda: store.breaker_load("svc", 0.0),
         lambda: store.breaker_transition("svc", 99, CircuitState.OPEN, "x", 1, 1.0, 0.0),
-        lambda: store.breaker_acquire_probe("svc", 1, 1),
+        lambda: store.breaker_acquire_probe("svc", 1, 1, None, 0.0),
         lambda: store.breaker_release_probe("svc", 1, True),
     ]
 
@@ -138,7 +139,7 @@ def every_async_operation(store: RedisStore) -> list[Callable[[], Awaitable[obje
         lambda: store.abucket_tokens("api", None, SPEC),
         lambda: store.abreaker_load("svc", 0.0),
         lambda: store.abreaker_transition("svc", 99, CircuitState.OPEN, "x", 1, 1.0, 0.0),
-        lambda: store.abreaker_acquire_probe("svc", 1, 1),
+        lambda: store.abreaker_acquire_probe("svc", 1, 1, None, 0.0),
         lambda: store.abreaker_release_probe("svc", 1, True),
     ]
 
@@ -275,29 +276,36 @@ def test_unreachable_server_at_construction_is_not_an_error() -> None:
 
 def test_pubsub_watcher_reconnects_and_resyncs(server: RedisServer) -> None:
     store = RedisStore(server.url, prefix=uuid.uuid4().hex, timeout=0.25, pubsub=True)
-    seen: list[int] = []
+    seen: list[CircuitSnapshot] = []
 
-    def wait_for(version: int) -> bool:
+    def wait_for(check: Callable[[CircuitSnapshot], bool]) -> CircuitSnapshot | None:
         deadline = time.monotonic() + HANG_LIMIT
         while time.monotonic() < deadline:
-            if version in seen:
-                return True
+            for snapshot in list(seen):
+                if check(snapshot):
+                    return snapshot
             time.sleep(0.01)
-        return False
+        return None
 
     try:
-        store.breaker_watch("svc", lambda snapshot: seen.append(snapshot.version))
-        assert wait_for(0)  # subscribed: the current circuit was delivered
+        store.breaker_watch("svc", seen.append)
+        assert wait_for(lambda s: s.version == 0)  # subscribed: the current circuit was delivered
         store.breaker_transition("svc", 0, CircuitState.OPEN, "down", 1, 5.0, 0.0)
-        assert wait_for(1)
+        assert wait_for(lambda s: s.version == 1)
         server.kill()
         time.sleep(0.3)  # the watcher notices and retries in the background
-        server.start()  # empty: the circuit is back at version 0
+        server.start()  # empty: Redis counts the circuit's versions from 0 again
         seen.clear()
-        assert wait_for(0)  # resubscribed and resynced
-        # A transition made once it is back is pushed again.
-        store.breaker_transition("svc", 0, CircuitState.OPEN, "down again", 1, 5.0, 0.0)
-        assert wait_for(1)
+        # Resubscribed and resynced: the lost circuit is reported as a newer one, so a
+        # breaker holding version 1 takes it.
+        resynced = wait_for(lambda s: s.state is CircuitState.CLOSED)
+        assert resynced is not None and resynced.version > 1
+        # A transition made once it is back is pushed again, newer still.
+        won, opened = store.breaker_transition(
+            "svc", resynced.version, CircuitState.OPEN, "down again", 1, 5.0, 0.0
+        )
+        assert won and opened.version > resynced.version
+        assert wait_for(lambda s: s.version == opened.version and s.state is CircuitState.OPEN)
     finally:
         store.close()
 

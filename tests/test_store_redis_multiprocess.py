@@ -165,7 +165,7 @@ def test_processes_run_no_more_than_half_open_calls_probes_at_once(workers: Work
 def grab_permits(url: str, prefix: str, start: Any, version: int) -> int:
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)
     start.wait()
-    granted = sum(store.breaker_acquire_probe("shared", version, 3) for _ in range(50))
+    granted = sum(store.breaker_acquire_probe("shared", version, 3, None, 0.0) for _ in range(50))
     store.close()
     return granted
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from typing import Any
@@ -245,3 +246,122 @@ def test_call_metrics_can_be_left_to_the_spans(otel: OTel) -> None:
         rs_otel.configure(call_metrics=True)
     assert [s.name for s in otel.spans.get_finished_spans()] == ["retry spans-only"]
     assert otel.points("resilience.call.duration") == []
+
+
+# -- issue 11, defect 13: no key or secret in any span, event, metric or log record ----
+
+SECRET = "QZXVs3cr3t-Pa55w0rdVXZQ"
+API_KEY = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+EMAIL = "alice@example.com"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _everything_recorded(otel: OTel, records: list[Any]) -> str:
+    """Every span (name, attributes, status, events, links), metric point and log
+    record (message, fields, formatted as JSON) as one text to search."""
+    from resilience.telemetry import JsonFormatter
+
+    parts: list[str] = []
+    for span in otel.spans.get_finished_spans():
+        parts += [span.name, repr(dict(span.attributes or {})), span.status.description or ""]
+        for event in span.events:
+            parts += [event.name, repr(dict(event.attributes or {}))]
+        parts += [repr(dict(link.attributes or {})) for link in span.links]
+    data = otel.metrics.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                parts += [repr(dict(p.attributes or {})) for p in metric.data.data_points]
+    formatter = JsonFormatter()
+    for record in records:
+        parts += [record.getMessage(), repr(getattr(record, "resilience", None))]
+        parts.append(formatter.format(record))
+    return "\n".join(parts)
+
+
+def test_no_key_or_secret_reaches_spans_metrics_or_logs(
+    otel: OTel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="resilience")
+    rs_otel.configure(key_attributes=True)
+    try:
+        clock = FakeClock()
+        # 1. A limiter rejection, keyed by the caller's API key, and one by e-mail.
+        limiter = rs.RateLimiter("api", rate=1, per=60.0, burst=1, clock=clock)
+
+        @limiter.limit(lambda request: request["api_key"], timeout=0)
+        def handle(request: dict[str, str]) -> str:
+            return "ok"
+
+        assert handle({"api_key": API_KEY}) == "ok"
+        with pytest.raises(rs.RateLimitExceeded) as caught:
+            handle({"api_key": API_KEY})
+        assert caught.value.key == API_KEY
+        waiting = rs.RateLimiter("mail", rate=1, per=1.0, burst=1, max_wait=5, clock=clock)
+        by_email = waiting.limit(EMAIL)(lambda: "sent")
+        assert by_email() == by_email() == "sent"  # the second one waits
+        with pytest.raises(rs.RateLimitExceeded):
+            waiting.limit(EMAIL, timeout=0)(lambda: "sent")()
+
+        # 2. A store outage: Redis with a password in its URL, nothing listening.
+        from resilience.storage.redis import RedisStore
+
+        store = RedisStore.from_url(f"redis://:{SECRET}@127.0.0.1:{_free_port()}/0", timeout=0.2)
+        try:
+            shared = rs.RateLimiter("shared", rate=5, store=store)
+            with pytest.raises(rs.StoreUnavailable) as outage:
+                shared.limit(API_KEY)(lambda: "x")()
+            assert SECRET not in str(outage.value)
+            breaker_on_store = rs.CircuitBreaker("shared-cb", store=store)
+            with pytest.raises(rs.StoreUnavailable):
+                breaker_on_store(lambda: "x")()
+        finally:
+            store.close()
+
+        # 3. A breaker rejection, opened by errors whose messages quote secrets.
+        breaker = rs.CircuitBreaker("payments", failure_threshold=2, clock=clock)
+
+        @breaker
+        def charge() -> None:
+            headers = [("Authorization", f"Negotiate {SECRET}"), ("Accept", "*/*")]
+            raise ConnectionError(
+                f"POST https://svc:{SECRET}@pay.internal/v1 failed; headers={headers!r}\n"
+                f"Proxy-Authorization: ApiKey {SECRET}\n{{'key': '{API_KEY}'}}"
+            )
+
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                charge()
+        with pytest.raises(rs.CircuitOpenError):
+            charge()
+    finally:
+        rs_otel.configure(key_attributes=False)
+
+    recorded = _everything_recorded(otel, caplog.records)
+    for secret in (SECRET, API_KEY, EMAIL):
+        assert secret not in recorded
+    # What an operator still gets: the outcome, the error types, and labels that
+    # follow one key across events and metrics.
+    spans = otel.spans.get_finished_spans()
+    assert {"rate_limiter api", "circuit_breaker payments", "rate_limiter shared"} <= {
+        span.name for span in spans
+    }
+    label = rs.telemetry.key_label(API_KEY)
+    rejections = [
+        event for span in spans for event in span.events if event.name == "rate_limiter.rejected"
+    ]
+    assert rejections[0].attributes["resilience.key"] == label  # type: ignore[index]
+    assert label in recorded and rs.telemetry.key_label(EMAIL) in recorded
+    keyed = {
+        p.attributes.get("resilience.rate_limiter.key")  # type: ignore[attr-defined]
+        for p in otel.points("resilience.rate_limiter.acquisitions")
+    }
+    assert keyed == {label, rs.telemetry.key_label(EMAIL)}
+    assert "StoreUnavailable" in recorded and "CircuitOpenError" in recorded

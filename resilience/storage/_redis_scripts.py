@@ -169,17 +169,23 @@ return {t[1], t[2], redis.call('GET', KEYS[1]) or ''}
 )
 
 # A circuit is one hash: s state, v version, t trips, r reason, u break end (server
-# time), p probe permits out, k successful probes, d when the permits lapse.
+# time), p probe permits out, k successful probes, d when the permits lapse, e the
+# circuit's epoch: the server time ("seconds.micros") of the transition that created
+# the hash. A hash without one (missing, or written by an older release) has epoch ''.
+# A snapshot is {state, version, trips, reason, seconds of break left, epoch, the
+# server time of the answer}: the client tells a circuit Redis lost (a restart without
+# persistence, an eviction) from a late answer with the epoch and that time.
 _SNAPSHOT = """
+local at = t[1] .. '.' .. fmt('%06d', tonumber(t[2]))
 local function snapshot(key)
-  local h = redis.call('HMGET', key, 's', 'v', 't', 'r', 'u')
-  if not h[2] then return {'closed', 0, 0, 'initial state', '0'} end
+  local h = redis.call('HMGET', key, 's', 'v', 't', 'r', 'u', 'e')
+  if not h[2] then return {'closed', 0, 0, 'initial state', '0', h[6] or '', at} end
   local remaining = 0
   if h[1] == 'open' then
     remaining = tonumber(h[5]) - now
     if remaining < 0 then remaining = 0 end
   end
-  return {h[1], tonumber(h[2]), tonumber(h[3]), h[4], fmt('%.17g', remaining)}
+  return {h[1], tonumber(h[2]), tonumber(h[3]), h[4], fmt('%.17g', remaining), h[6] or '', at}
 end
 """
 
@@ -191,25 +197,38 @@ return snapshot(KEYS[1])
 """
 )
 
+# The compare-and-set of every circuit script is on (epoch, version). The epoch '*'
+# (a client that has never seen the circuit) matches any.
 BREAKER_TRANSITION = (
     _PRELUDE
     + _SNAPSHOT
     + """
--- KEYS[1]: the circuit. ARGV: expected version, state, reason, trips, break duration,
--- pub/sub channel ('' for none). Compare-and-set on the version.
-local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if version ~= tonumber(ARGV[1]) then
+-- KEYS[1]: the circuit. ARGV: expected version, expected epoch, state, reason, trips,
+-- break duration, pub/sub channel ('' for none).
+local h = redis.call('HMGET', KEYS[1], 'v', 'e')
+local version = tonumber(h[1] or '0')
+local epoch = h[2] or ''
+local expected = tonumber(ARGV[1])
+local wanted = ARGV[2]
+local applies = version == expected and (wanted == '*' or wanted == epoch)
+if not applies and epoch == '' and wanted ~= '' and wanted ~= '*' and expected >= 0 then
+  -- The caller knew this circuit in an epoch that is gone: Redis lost it. Nobody can
+  -- hold a newer view (one would have made a new epoch), so the caller's move stands.
+  applies = true
+end
+if not applies then
   local snap = snapshot(KEYS[1])
   table.insert(snap, 1, 0)
   return snap
 end
+if epoch == '' then epoch = at end
 local until_ = 0
-if ARGV[2] == 'open' then until_ = now + tonumber(ARGV[5]) end
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'v', string.format('%d', version + 1),
-  't', ARGV[4], 'r', ARGV[3], 'u', fmt('%.17g', until_), 'p', '0', 'k', '0', 'd', '0')
+if ARGV[3] == 'open' then until_ = now + tonumber(ARGV[6]) end
+redis.call('HSET', KEYS[1], 's', ARGV[3], 'v', fmt('%d', expected + 1), 't', ARGV[5],
+  'r', ARGV[4], 'u', fmt('%.17g', until_), 'p', '0', 'k', '0', 'd', '0', 'e', epoch)
 local snap = snapshot(KEYS[1])
-if ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[6], cjson.encode(snap))
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], cjson.encode(snap))
 end
 table.insert(snap, 1, 1)
 return snap
@@ -219,13 +238,14 @@ return snap
 BREAKER_ACQUIRE_PROBE = (
     _PRELUDE
     + """
--- KEYS[1]: the circuit. ARGV: version, limit, permit lease (seconds).
-local h = redis.call('HMGET', KEYS[1], 's', 'v', 'p', 'd')
+-- KEYS[1]: the circuit. ARGV: version, limit, permit lease (seconds), epoch.
+-- The rule of _breaker_core.take_probe: the permits out lapse together `lease`
+-- seconds after the last one was handed out (their holders are presumed dead).
+local h = redis.call('HMGET', KEYS[1], 's', 'v', 'p', 'd', 'e')
 if h[1] ~= 'half_open' or tonumber(h[2] or '0') ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[4] ~= '*' and (h[5] or '') ~= ARGV[4] then return 0 end
 local out = tonumber(h[3] or '0')
-if out > 0 and tonumber(h[4] or '0') <= now then
-  out = 0  -- permits held past their lease: their holders are presumed dead
-end
+if now >= tonumber(h[4] or '0') then out = 0 end
 if out >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'p', fmt('%d', out + 1), 'd', fmt('%.17g', now + tonumber(ARGV[3])))
 return 1
@@ -233,9 +253,10 @@ return 1
 )
 
 BREAKER_RELEASE_PROBE = """
--- KEYS[1]: the circuit. ARGV: version, verdict ('1' succeeded, '0' failed, '' none).
-local h = redis.call('HMGET', KEYS[1], 'v', 'p', 'k')
+-- KEYS[1]: the circuit. ARGV: version, verdict ('1' succeeded, '0' failed, '' none), epoch.
+local h = redis.call('HMGET', KEYS[1], 'v', 'p', 'k', 'e')
 if tonumber(h[1] or '0') ~= tonumber(ARGV[1]) then return -1 end
+if ARGV[3] ~= '*' and (h[4] or '') ~= ARGV[3] then return -1 end
 local out = tonumber(h[2] or '0') - 1
 if out < 0 then out = 0 end
 local ok = tonumber(h[3] or '0')

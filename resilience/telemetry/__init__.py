@@ -4,6 +4,7 @@ Policies emit small frozen :mod:`events <resilience.telemetry.events>` on their
 failure paths; :func:`subscribe` to receive them. The logging adapter is always
 subscribed: it writes structured, redacted records on the ``resilience``
 logger, which stays silent until the application configures logging.
+Rate-limiter keys appear as :func:`key_label` unless :func:`configure` shows them.
 """
 
 from __future__ import annotations
@@ -11,19 +12,42 @@ from __future__ import annotations
 from . import events
 from ._hub import HUB, Subscriber
 from .logs import LOGGER, JsonFormatter, event_fields, use_structlog
-from .redaction import Redactor, configure_redaction, get_redactor
+from .redaction import (
+    Redactor,
+    configure_keys,
+    configure_redaction,
+    get_redactor,
+    key_label,
+    keys_shown,
+)
 
 __all__ = [
     "LOGGER",
     "JsonFormatter",
     "Redactor",
     "Subscriber",
+    "configure",
     "configure_redaction",
     "event_fields",
     "events",
     "get_redactor",
+    "key_label",
+    "keys_shown",
     "subscribe",
     "use_structlog",
 ]
 
 subscribe = HUB.subscribe
+"""The one internal event hook between policies and their observers."""
+
+
+def configure(*, show_keys: bool | None = None, key_salt: str | bytes | None = None) -> None:
+    """Telemetry settings shared by every adapter (logs, spans, metrics, messages).
+
+    ``show_keys=True`` writes rate-limiter keys as they are instead of their
+    :func:`key_label` (also ``RESILIENCE_TELEMETRY_SHOW_KEYS=1``). ``key_salt``
+    is the secret the labels are keyed with (also
+    ``RESILIENCE_TELEMETRY_KEY_SALT``): the same salt in every process gives a
+    key the same label across a fleet; by default it is random per process.
+    """
+    configure_keys(show_keys=show_keys, key_salt=key_salt)

@@ -11,8 +11,10 @@ it: a healthy service stays quiet (retries at INFO), trouble is a WARNING.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
+
+from .redaction import key_label
 
 __all__ = [
     "AttemptStarted",
@@ -146,9 +148,15 @@ class RateLimitWaited(Event):
     """A rate limiter made a caller wait ``wait`` seconds for tokens."""
 
     wait: float
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)
+    """The raw key, for in-process subscribers; adapters write :attr:`key_label`."""
     name: ClassVar[str] = "rate_limiter.waited"
     level: ClassVar[int] = logging.DEBUG
+
+    @property
+    def key_label(self) -> str | None:
+        """The key as telemetry shows it (see :func:`~resilience.telemetry.key_label`)."""
+        return None if self.key is None else key_label(self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +164,15 @@ class RateLimitRejected(Event):
     """A rate limiter refused a caller; tokens are back after ``retry_after`` seconds."""
 
     retry_after: float | None
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)
+    """The raw key, for in-process subscribers; adapters write :attr:`key_label`."""
     name: ClassVar[str] = "rate_limiter.rejected"
     level: ClassVar[int] = logging.INFO
+
+    @property
+    def key_label(self) -> str | None:
+        """The key as telemetry shows it (see :func:`~resilience.telemetry.key_label`)."""
+        return None if self.key is None else key_label(self.key)
 
 
 @dataclass(frozen=True, slots=True)

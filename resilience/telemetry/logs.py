@@ -18,7 +18,7 @@ from typing import Any
 
 from ._hub import HUB
 from .events import Event, error_type_name
-from .redaction import get_redactor
+from .redaction import get_redactor, key_label
 
 __all__ = ["LOGGER", "JsonFormatter", "event_fields", "use_structlog"]
 
@@ -29,16 +29,22 @@ LOGGER.addHandler(logging.NullHandler())
 
 
 def event_fields(event: Event) -> dict[str, Any]:
-    """The event as flat, redacted, JSON-friendly fields."""
+    """The event as flat, redacted, JSON-friendly fields; a rate-limiter ``key`` as
+    its :func:`~resilience.telemetry.key_label`."""
     fields: dict[str, Any] = {"event": event.name}
+    key: object = None
     for field in dataclasses.fields(event):
         value = getattr(event, field.name)
         if isinstance(value, BaseException):
             fields["error.type"] = error_type_name(value)
             fields["error.message"] = str(value)
+        elif field.name == "key":
+            key = value  # a rate-limiter key: shown as its label, never raw by default
         elif value is not None:
             fields[field.name] = value
     redacted: dict[str, Any] = get_redactor().redact(fields)
+    if key is not None:
+        redacted["key"] = key_label(key)
     return redacted
 
 

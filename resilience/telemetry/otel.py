@@ -43,7 +43,7 @@ from .events import (
     TimeoutExpired,
     error_type_name,
 )
-from .redaction import get_redactor
+from .redaction import get_redactor, key_label
 
 __all__ = [
     "CallObserver",
@@ -95,11 +95,12 @@ def configure(
     """Adjust the OpenTelemetry adapter.
 
     ``enabled=False`` turns it off even with an SDK configured;
-    ``key_attributes=True`` adds rate-limiter keys to metric attributes (mind the
-    cardinality); ``call_metrics=False`` stops recording ``resilience.call.duration``
-    per call (the SDK's histogram costs about as much as a span: drop it if you
-    derive call metrics from spans, e.g. with the Collector's spanmetrics
-    connector). Other metrics, from failure paths, stay.
+    ``key_attributes=True`` adds rate-limiter keys to metric attributes, as their
+    labels unless keys are shown (mind the cardinality); ``call_metrics=False``
+    stops recording ``resilience.call.duration`` per call (the SDK's histogram
+    costs about as much as a span: drop it if you derive call metrics from
+    spans, e.g. with the Collector's spanmetrics connector). Other metrics, from
+    failure paths, stay.
     """
     if enabled is not None:
         _SETTINGS.enabled = enabled
@@ -439,7 +440,7 @@ def _record_event_metrics(event: Event, instruments: _Instruments) -> None:
     elif isinstance(event, RateLimitWaited | RateLimitRejected):
         attributes = dict(base)
         if _SETTINGS.key_attributes and event.key is not None:
-            attributes["resilience.rate_limiter.key"] = event.key
+            attributes["resilience.rate_limiter.key"] = key_label(event.key)
         if isinstance(event, RateLimitWaited):
             instruments.acquisitions.add(1, attributes | {"resilience.outcome": "waited"})
             instruments.wait.record(event.wait, attributes)
