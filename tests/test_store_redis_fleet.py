@@ -18,6 +18,7 @@ limit, the lapse of a lease); the waits are bounded polls, never assertions.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ import resilience as rs
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
 from resilience.storage import MemoryStore, store_from_url
+from resilience.storage.breakers import CircuitSnapshot
 from resilience.storage.redis import DEFAULT_MAX_CONNECTIONS, RedisStore
 from resilience.testing import FakeClock
 
@@ -430,6 +432,91 @@ def test_a_transition_from_a_lost_epoch_is_not_lost(url: str, prefix: str) -> No
         client.close()
         store.close()
         other.close()
+
+
+def shifted(epoch: str, seconds: int) -> str:
+    """An epoch (``seconds.micros``, as the scripts write it) moved by ``seconds``."""
+    whole, _, micros = epoch.partition(".")
+    return f"{int(whole) + seconds}.{micros}"
+
+
+def test_a_late_message_from_a_lost_epoch_is_ignored_and_wedges_nothing(
+    url: str, prefix: str
+) -> None:
+    """A pushed snapshot from a circuit Redis lost before the current one (delivered
+    late) is dropped; every version the store reports can still move the circuit."""
+    store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, pubsub=True)
+    client = redis.Redis.from_url(url)
+    seen: list[CircuitSnapshot] = []
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + HANG_LIMIT
+        while len(seen) < count:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.01)
+
+    try:
+        won, opened = store.breaker_transition("c", 0, CircuitState.OPEN, "x", 1, 60.0, 0.0)
+        assert won
+        epoch = (client.hget(store.circuit_key("c"), "e") or b"").decode()
+        store.breaker_watch("c", seen.append)
+        wait_for(1)  # subscribed and resynced
+        older = shifted(epoch, -10)  # a circuit made 10 s earlier, lost since
+        stale = ["closed", 7, 0, "stale", "0", older, older]
+        client.publish(store._channel("c"), json.dumps(stale))
+        client.publish(store._channel("c"), json.dumps(stale))
+        # Then the current circuit again (messages arrive in order): once it is in, the
+        # stale ones were handled, and dropped.
+        client.publish(store._channel("c"), json.dumps(["open", 1, 1, "x", "60", epoch, epoch]))
+        wait_for(2)
+        assert [(s.state, s.version) for s in seen[1:]] == [(opened.state, opened.version)]
+        won, closed = store.breaker_transition(
+            "c", opened.version, CircuitState.CLOSED, "ok", 0, 0.0, 0.0
+        )
+        assert won  # the version breakers hold still moves the circuit
+        wait_for(3)
+        assert (seen[2].state, seen[2].version) == (closed.state, closed.version)
+    finally:
+        client.close()
+        store.close()
+
+
+def test_a_circuit_found_with_an_older_epoch_can_still_move(url: str, prefix: str) -> None:
+    """A circuit whose epoch is older than one this store saw (Redis restarted on a
+    clock behind): its answers start a segment of their own, so it moves as any."""
+    store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)
+    client = redis.Redis.from_url(url)
+    key = store.circuit_key("c")
+    try:
+        missing = store.breaker_load("c", 0.0)  # seen missing first
+        won, opened = store.breaker_transition(
+            "c", missing.version, CircuitState.OPEN, "x", 1, 60.0, 0.0
+        )
+        assert won
+        epoch = (client.hget(key, "e") or b"").decode()
+        for _ in range(2):  # twice: from a circuit, then from a missing one
+            client.delete(key)
+            client.hset(
+                key,
+                mapping={"s": "open", "v": "3", "t": "1", "r": "x", "u": "0", "e": shifted(epoch, -60)},
+            )
+            found = store.breaker_load("c", 0.0)
+            assert found.version > opened.version  # newer to every breaker
+            won, closed = store.breaker_transition(
+                "c", found.version, CircuitState.CLOSED, "ok", 0, 0.0, 0.0
+            )
+            assert won and closed.version == found.version + 1
+            # A version of an earlier segment loses, with the circuit as it is.
+            lost, current = store.breaker_transition(
+                "c", opened.version, CircuitState.OPEN, "old", 1, 60.0, 0.0
+            )
+            assert not lost and (current.state, current.version) == (closed.state, closed.version)
+            client.delete(key)
+            opened = store.breaker_load("c", 0.0)  # missing again
+            epoch = shifted(epoch, -60)
+    finally:
+        client.close()
+        store.close()
 
 
 # -- (3) a probe permit held by a killed process lapses ---------------------------------------

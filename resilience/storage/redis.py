@@ -384,54 +384,69 @@ class _Lineage:
     """One circuit's epochs as this store has seen them, and how its versions are reported.
 
     Redis numbers a circuit's versions from 0 in each epoch (each time the hash is
-    created). The store reports ``version + offset``; when the circuit turns out to
-    have been lost, a new segment starts with an offset past every version reported
-    so far, so reported versions never go back. Answers from an older epoch that
-    arrive late keep that epoch's offset (older, so a breaker ignores them).
+    created). The store reports ``version + offset``, one offset per *segment* (an
+    epoch, or a spell of the circuit being missing). When the circuit turns out to
+    have been lost or replaced, a new segment starts with an offset past every
+    version reported so far, so the versions a breaker sees never go back.
+
+    Every segment stays addressable: :meth:`expect` maps any reported version back
+    to its own segment's (version, epoch), so a breaker holding a version of an
+    older segment always gets a definite answer from a compare-and-set (it loses,
+    and adopts the circuit as it is) and can never be wedged.
+
+    Ordering. An answer to a load or a transition (*current*) always lands in a
+    segment: an epoch unknown here starts a new one. A pushed snapshot is a hint,
+    possibly late: one from an epoch unknown here, born (by the server's clock)
+    before the current segment's, is from a circuit lost before it, and is
+    reported as version -1, which breakers ignore. Answers from an older epoch
+    seen before keep that epoch's offset (older, so a breaker ignores them).
     """
 
     __slots__ = ("born", "epoch", "highest", "offset", "older")
 
     def __init__(self, epoch: str, born: int, version: int) -> None:
-        self.epoch = epoch  # '' until this segment's circuit hash is seen
-        self.born = born  # the epoch's creation (or this segment's first answer), micros
+        self.epoch = epoch  # '' while the circuit is missing
+        self.born = born  # the epoch's creation (or the segment's first answer), micros
         self.offset = 0
         self.highest = version
-        self.older: dict[str, int] = {}
+        self.older: list[tuple[int, str]] = []  # earlier segments (offset, epoch), oldest first
 
-    def report(self, epoch: str, version: int, at: int) -> int:
-        if epoch == self.epoch:
-            pass
-        elif epoch in self.older:
-            return version + self.older[epoch]  # a late answer from a lost epoch
-        elif epoch == "":
-            if at <= self.born:
-                return version + self.offset  # an answer from before the circuit existed
-            self._start("", at, version)  # the circuit vanished after it was created
-        elif self.epoch == "":
-            born = _micros(epoch)
-            if born <= self.born:
-                return self.offset - 1  # lost before this segment began: older
-            self.epoch, self.born = epoch, born  # the circuit was created: same segment
-        else:
-            self._start(epoch, _micros(epoch), version)  # a new circuit replaced ours
+    def report(self, epoch: str, version: int, at: int, current: bool) -> int:
+        if epoch != self.epoch:
+            for offset, known in reversed(self.older):
+                if epoch and known == epoch:
+                    return version + offset  # a late answer from a lost epoch
+            if epoch == "":
+                if at <= self.born:
+                    return version + self.offset  # an answer from before the circuit existed
+                self._start("", at, version)  # the circuit vanished after it was created
+            else:
+                born = _micros(epoch)
+                if born <= self.born and not current:
+                    return -1  # pushed late, by a circuit lost before this segment began
+                if self.epoch == "" and born > self.born:
+                    self.epoch, self.born = epoch, born  # created since seen missing: same segment
+                else:
+                    self._start(epoch, born, version)  # a new circuit replaced ours
         reported = version + self.offset
         if reported > self.highest:
             self.highest = reported
         return reported
 
     def _start(self, epoch: str, born: int, version: int) -> None:
-        if self.epoch:
-            self.older[self.epoch] = self.offset
-            while len(self.older) > 8:
-                del self.older[next(iter(self.older))]
+        self.older.append((self.offset, self.epoch))
+        del self.older[:-8]
         self.offset = self.highest + max(1, _GAP - version)
         self.epoch, self.born = epoch, born
 
     def expect(self, reported: int) -> tuple[int, str]:
-        """A reported version as the scripts compare it: (version, epoch)."""
-        version = reported - self.offset
-        return (version if version >= 0 else -1), self.epoch
+        """A reported version as the scripts compare it: (version in Redis, epoch)."""
+        if reported >= self.offset:
+            return reported - self.offset, self.epoch
+        for offset, epoch in reversed(self.older):
+            if reported >= offset:
+                return reported - offset, epoch
+        return -1, self.epoch  # older than anything remembered: loses, whatever Redis holds
 
 
 class _AsyncSide:
@@ -986,15 +1001,16 @@ class RedisStore:
     def _channel(self, name: str) -> bytes:
         return self._circuit_key(name) + b":events" if self._pubsub else b""
 
-    def _report(self, name: str, epoch: str, version: int, at: int) -> int:
-        """The version to report for an answer of epoch ``epoch`` at server time ``at``."""
+    def _report(self, name: str, epoch: str, version: int, at: int, current: bool) -> int:
+        """The version to report for an answer of epoch ``epoch`` at server time ``at``
+        (``current``: to a load or a transition; else a pushed hint)."""
         with self._lines_lock:
             line = self._lines.get(name)
             if line is None:
                 born = _micros(epoch) if epoch else at
                 self._lines[name] = _Lineage(epoch, born, version)
                 return version
-            return line.report(epoch, version, at)
+            return line.report(epoch, version, at, current)
 
     def _expect(self, name: str, version: int) -> tuple[int, str]:
         """A reported version as the scripts compare it: (version in Redis, epoch).
@@ -1007,10 +1023,10 @@ class RedisStore:
                 return version, "*"
             return line.expect(version)
 
-    def _circuit(self, name: str, reply: Sequence[Any]) -> CircuitSnapshot:
-        """A script's snapshot (or a pub/sub message's) as the breakers see it."""
+    def _circuit(self, name: str, reply: Sequence[Any], current: bool = True) -> CircuitSnapshot:
+        """A script's snapshot (``current``) or a pub/sub message's, as breakers see it."""
         state, version, trips, reason, remaining, epoch, at = reply
-        reported = self._report(name, _text(epoch), int(version), _micros(_text(at)))
+        reported = self._report(name, _text(epoch), int(version), _micros(_text(at)), current)
         return CircuitSnapshot(
             CircuitState(_text(state)), reported, int(trips), _text(reason), float(remaining)
         )
@@ -1181,12 +1197,15 @@ class _Watcher:
         if name is None:
             return
         try:
-            snapshot = self._store._circuit(name, json.loads(_text(message["data"])))
+            snapshot = self._store._circuit(
+                name, json.loads(_text(message["data"])), current=False
+            )
         except (ValueError, TypeError, KeyError):
             # Not a snapshot of ours (an older release's, or noise): ask the store.
             self._resync(channel)
             return
-        self._deliver(channel, snapshot)
+        if snapshot.version >= 0:  # (-1: a late hint from a circuit Redis lost: dropped)
+            self._deliver(channel, snapshot)
 
     def _loop(self) -> None:
         delay = 0.05
