@@ -466,7 +466,10 @@ class BucketMachine(RuleBasedStateMachine):
         spec = spec_of(name, self.backend.exact)
         # Pauses whose differences are never whole intervals, so that on a server
         # clock (where time moves a little between operations) nothing ties.
-        seconds = PAUSES[steps] * spec.interval
+        # Each bucket has pauses of its own fraction too: a composite reservation
+        # lines one bucket up with another's pause, and a tie there would let the
+        # server clock's progress decide the comparison.
+        seconds = (PAUSES[steps] + 0.031 * index) * spec.interval
         self.reference.bucket_penalize(f"{self.prefix}-{name}", key, spec, seconds)
         self.backend.store.bucket_penalize(f"{self.prefix}-{name}", key, spec, seconds)
 
