@@ -498,7 +498,14 @@ def test_a_circuit_found_with_an_older_epoch_can_still_move(url: str, prefix: st
             client.delete(key)
             client.hset(
                 key,
-                mapping={"s": "open", "v": "3", "t": "1", "r": "x", "u": "0", "e": shifted(epoch, -60)},
+                mapping={
+                    "s": "open",
+                    "v": "3",
+                    "t": "1",
+                    "r": "x",
+                    "u": "0",
+                    "e": shifted(epoch, -60),
+                },
             )
             found = store.breaker_load("c", 0.0)
             assert found.version > opened.version  # newer to every breaker
@@ -757,6 +764,12 @@ def test_a_store_option_in_the_url_without_from_url_names_the_url() -> None:
         RedisStore("redis://:pa55w0rd@host/0?prefix=x")
     assert caught.value.fields == ("url",) and "pa55w0rd" not in str(caught.value)
     with pytest.raises(rs.ConfigurationError) as caught:
+        RedisStore("redis://host/0?password=pa55w0rd&prefix=x")  # redis-py's own option
+    assert caught.value.fields == ("url",) and "pa55w0rd" not in str(caught.value)
+    with pytest.raises(rs.ConfigurationError) as caught:
+        RedisStore.from_url("redis://host:x/0?password=pa55w0rd")
+    assert caught.value.fields == ("url",) and "pa55w0rd" not in str(caught.value)
+    with pytest.raises(rs.ConfigurationError) as caught:
         RedisStore(12345)  # type: ignore[arg-type]
     assert caught.value.fields == ("url",)
 
@@ -768,6 +781,7 @@ def test_passwords_never_show(caplog: pytest.LogCaptureFixture) -> None:
         f"redis://:pa55w0rd@127.0.0.1:{port}/0",
         f"redis://user:pa55w0rd@127.0.0.1:{port}/0",
         f"redis://:pa%35%35w0rd@127.0.0.1:{port}/0",
+        f"redis://127.0.0.1:{port}/0?password=pa55w0rd",
     ):
         store = RedisStore(url, timeout=0.1, pubsub=True)
         try:

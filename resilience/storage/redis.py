@@ -1197,9 +1197,7 @@ class _Watcher:
         if name is None:
             return
         try:
-            snapshot = self._store._circuit(
-                name, json.loads(_text(message["data"])), current=False
-            )
+            snapshot = self._store._circuit(name, json.loads(_text(message["data"])), current=False)
         except (ValueError, TypeError, KeyError):
             # Not a snapshot of ours (an older release's, or noise): ask the store.
             self._resync(channel)
