@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Annotated, Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ._breaker_core import (
     FAILURE,
@@ -50,7 +50,15 @@ from ._breaker_core import (
 from ._clock import SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._policy import Policy
-from ._validation import OptionsModel, PositiveSeconds, build_options
+from ._validation import (
+    FiniteNumber,
+    FinitePositiveSeconds,
+    Integer,
+    OptionsModel,
+    PolicyName,
+    PositiveSeconds,
+    build_options,
+)
 from .classify import (
     ClassifierLike,
     ErrorClass,
@@ -104,34 +112,22 @@ _DEFAULT_WINDOW_SIZE = 100
 _DEFAULT_MINIMUM_CALLS = 10
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(
-            f"must be a finite number of seconds, got {value!r} "
-            "(to hold a circuit open until told otherwise, use isolate())"
-        )
-    return value
-
-
-FinitePositiveSeconds = Annotated[PositiveSeconds, AfterValidator(_finite)]
-
-
 class BreakerOptions(OptionsModel):
     """Validated options of a :class:`CircuitBreaker` (see its docstring)."""
 
-    name: Annotated[str, Field(min_length=1)] = "breaker"
-    failure_threshold: Annotated[int, Field(ge=1, le=_MAX_COUNT)] | None = None
-    failure_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
-    window_size: Annotated[int, Field(ge=1, le=_MAX_WINDOW_SIZE)] | None = None
+    name: PolicyName = "breaker"
+    failure_threshold: Annotated[Integer, Field(ge=1, le=_MAX_COUNT)] | None = None
+    failure_ratio: Annotated[FiniteNumber, Field(gt=0, le=1)] | None = None
+    window_size: Annotated[Integer, Field(ge=1, le=_MAX_WINDOW_SIZE)] | None = None
     window: PositiveSeconds | None = None
-    window_buckets: Annotated[int, Field(ge=1, le=10_000)] = 10
-    minimum_calls: Annotated[int, Field(ge=1, le=_MAX_COUNT)] | None = None
+    window_buckets: Annotated[Integer, Field(ge=1, le=10_000)] = 10
+    minimum_calls: Annotated[Integer, Field(ge=1, le=_MAX_COUNT)] | None = None
     slow_call_duration: PositiveSeconds | None = None
-    slow_call_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    slow_call_ratio: Annotated[FiniteNumber, Field(gt=0, le=1)] | None = None
     break_duration: FinitePositiveSeconds = 30.0
-    break_multiplier: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
+    break_multiplier: Annotated[FiniteNumber, Field(ge=1)] = 1.0
     max_break_duration: FinitePositiveSeconds | None = None
-    half_open_calls: Annotated[int, Field(ge=1, le=_MAX_COUNT)] = 1
+    half_open_calls: Annotated[Integer, Field(ge=1, le=_MAX_COUNT)] = 1
     probe_lease: FinitePositiveSeconds | None = None
     """Seconds a half-open probe may hold its permit; ``None``: the store's
     ``probe_lease`` (60 s by default). A probe that never returns (its process

@@ -760,3 +760,21 @@ def test_a_retry_giving_up_on_an_open_circuit_keeps_the_root_cause() -> None:
     with pytest.raises(rs.CircuitOpenError) as gave_up:
         retry.call(breaker.wrap_sync(pay))
     assert isinstance(gave_up.value.__cause__, PaymentGatewayDown)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("failure_threshold", True),
+        ("half_open_calls", False),
+        ("failure_ratio", True),
+        ("break_duration", True),
+        ("break_multiplier", math.inf),
+        ("name", "a\x00b"),
+        ("name", "a\ud800"),
+        ("name", "x" * 10_000),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(field: str, value: Any) -> None:
+    with pytest.raises(rs.ConfigurationError, match=field):
+        CircuitBreaker(**{field: value})
