@@ -77,8 +77,11 @@ FULL = -math.inf
 SLACK = 1e-6
 """Rounding error tolerated by every check, in tokens."""
 
-MIN_INTERVAL = 1e-9
-"""The shortest interval between two tokens, in seconds: a billion tokens a second."""
+MIN_INTERVAL = 1e-6
+"""The shortest interval between two tokens, in seconds: a million tokens a second.
+Shorter ones would fall below the float grid of a clock far from zero (the
+spacing of floats near 1.7e9, a wall clock's value, is 2.4e-7 s): ``tat +
+interval`` would round back to ``tat`` and a bucket would grant without limit."""
 
 MAX_CAPACITY = 1e9
 """The longest an empty bucket may take to refill (``burst * interval``), in seconds

@@ -81,7 +81,7 @@ class RateLimiterOptions(OptionsModel):
 
     Besides each field's own bounds, the shape they make together is checked
     (:func:`resilience._bucket.check_shape`): one token every ``per / rate``
-    seconds, between 1e-9 and 1e9 s, and ``burst * per / rate`` (the time an
+    seconds, between 1e-6 and 1e9 s, and ``burst * per / rate`` (the time an
     empty bucket takes to refill) at most 1e9 s.
     """
 

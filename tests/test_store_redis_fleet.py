@@ -89,6 +89,7 @@ def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- (2) more callers than connections: back-pressure, never an outage -------------------
 
 RATE, PER, BURST = 50, 1.0, 30
+SMALL_POOL = 8
 THREADS, THREAD_CALLS = 150, 5
 TASKS, TASK_CALLS = 500, 3
 
@@ -109,13 +110,18 @@ def allowed(elapsed: float) -> int:
     return math.floor(BURST + RATE / PER * elapsed + 1e-9)
 
 
+#: The default pool, and one so small that the crowd surely waits for it.
+POOLS = [None, SMALL_POOL]
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=["default-pool", "small-pool"])
 @pytest.mark.parametrize("mode", MODES)
 def test_more_threads_than_connections_never_over_grant(
-    url: str, prefix: str, mode: str, caplog: pytest.LogCaptureFixture
+    url: str, prefix: str, mode: str, pool: int | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="resilience.storage")
-    store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)  # the default pool
-    assert store.max_connections == DEFAULT_MAX_CONNECTIONS < THREADS
+    store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, max_connections=pool)
+    assert store.max_connections == (pool or DEFAULT_MAX_CONNECTIONS) < THREADS
     limiter = crowd_limiter(store, mode)
     client = redis.Redis.from_url(url)
     grants: list[bool] = []
@@ -139,24 +145,32 @@ def test_more_threads_than_connections_never_over_grant(
         for thread in threads:
             thread.join(60.0)
         elapsed = server_time(client) - began
+        opened = len(store._client.connection_pool._connections)
     finally:
         client.close()
         store.close()
     granted, bound = sum(grants), allowed(elapsed)
-    print(f"\n[pool] sync {mode}: {granted} grants, bound {bound} ({elapsed:.3f}s server time)")
+    print(
+        f"\n[pool] sync {mode}, pool {store.max_connections}: {granted} grants, bound {bound}"
+        f" ({elapsed:.3f}s server time, {opened} connections)"
+    )
     assert errors == []
+    assert opened <= store.max_connections
+    if pool == SMALL_POOL:
+        assert opened == SMALL_POOL  # the crowd did wait for connections
     assert len(grants) == THREADS * THREAD_CALLS
     assert BURST <= granted <= bound
     assert outage_lines(caplog) == []
 
 
+@pytest.mark.parametrize("pool", POOLS, ids=["default-pool", "small-pool"])
 @pytest.mark.parametrize("mode", MODES)
 async def test_more_tasks_than_connections_never_over_grant(
-    url: str, prefix: str, mode: str, caplog: pytest.LogCaptureFixture
+    url: str, prefix: str, mode: str, pool: int | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="resilience.storage")
-    store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)
-    assert store.max_connections < TASKS
+    store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, max_connections=pool)
+    assert store.max_connections == (pool or DEFAULT_MAX_CONNECTIONS) < TASKS
     limiter = crowd_limiter(store, mode)
     client = redis.Redis.from_url(url)
 
@@ -174,6 +188,10 @@ async def test_more_tasks_than_connections_never_over_grant(
         began = server_time(client)
         results = await asyncio.gather(*(caller() for _ in range(TASKS)), return_exceptions=True)
         elapsed = server_time(client) - began
+        side = store._async_side()
+        assert side is not None
+        made = side.client.connection_pool
+        opened = len(made._available_connections) + len(made._in_use_connections)
     finally:
         client.close()
         await store.aclose()
@@ -181,10 +199,42 @@ async def test_more_tasks_than_connections_never_over_grant(
     errors = [r for r in results if isinstance(r, BaseException)]
     granted = sum(r for r in results if isinstance(r, int))
     bound = allowed(elapsed)
-    print(f"\n[pool] async {mode}: {granted} grants, bound {bound} ({elapsed:.3f}s server time)")
+    print(
+        f"\n[pool] async {mode}, pool {store.max_connections}: {granted} grants, bound {bound}"
+        f" ({elapsed:.3f}s server time, {opened} connections)"
+    )
     assert errors == []
+    assert opened <= store.max_connections
+    if pool == SMALL_POOL:
+        assert opened == SMALL_POOL  # the crowd did wait for connections
     assert BURST <= granted <= bound
     assert outage_lines(caplog) == []
+
+
+def test_a_pool_that_refuses_is_what_the_crowd_tests_catch(url: str, prefix: str) -> None:
+    """The control: the same crowd on a non-blocking pool of the same size (a
+    ``client=`` of the user's) gets "Too many connections", an outage."""
+    pool = redis.ConnectionPool.from_url(url, max_connections=SMALL_POOL)
+    store = RedisStore(client=redis.Redis(connection_pool=pool), prefix=prefix)
+    limiter = crowd_limiter(store, "fail_closed")
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS)
+
+    def caller() -> None:
+        start.wait()
+        for _ in range(THREAD_CALLS):
+            try:
+                limiter.try_acquire()
+            except rs.StoreUnavailable as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=caller) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60.0)
+    pool.disconnect()
+    assert errors and "Too many connections" in str(errors[0].__cause__)
 
 
 def test_a_small_pool_makes_callers_wait_their_turn(url: str, prefix: str) -> None:
@@ -685,13 +735,14 @@ def test_names_are_any_str_too(url: str, prefix: str) -> None:
 
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, pubsub=True)
     try:
-        for name in ("a\x00b", "'; DROP TABLE x; --", "é"):
+        for name in ("'; DROP TABLE x; --", "é", 'say "hi"', "\U0001f600"):
             breaker = CircuitBreaker(name, failure_threshold=1, store=store)
             with pytest.raises(ConnectionError):
                 breaker.call(fail)
             assert store.breaker_load(name, 0.0).state is CircuitState.OPEN
-        # Breakers refuse a name with a lone surrogate; the store takes it all the same.
-        for name in ("\ud800", "a\x00b\udfff"):
+        # Breakers refuse names with control characters or lone surrogates; the store
+        # takes them all the same.
+        for name in ("a\x00b", "\ud800", "a\x00b\udfff"):
             won, snapshot = store.breaker_transition(
                 name, 0, CircuitState.OPEN, "reason \ud800\x00", 1, 60.0, 0.0
             )
