@@ -100,7 +100,8 @@ def check_shape(rate: float, per: float, burst: int) -> tuple[tuple[str, ...], s
         return (
             ("rate", "per"),
             f"one token every per/rate = {interval!r} seconds: must be between "
-            f"{MIN_INTERVAL:.0e} and {MAX_CAPACITY:.0e} seconds",
+            f"{MIN_INTERVAL:.0e} and {MAX_CAPACITY:.0e} seconds (for more than a "
+            "million a second, count in larger units: kilobytes, not bytes)",
         )
     capacity = burst * interval
     if not capacity <= MAX_CAPACITY:
