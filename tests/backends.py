@@ -53,3 +53,19 @@ def require_redis() -> str:
 def require_postgres() -> str:
     require(POSTGRES_DSN, 5432, "PostgreSQL")
     return POSTGRES_DSN
+
+
+def drop_postgres_tables(dsn: str, table: str) -> None:
+    """Remove the tables and functions a ``PostgresStore(table=table)`` created."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for suffix in ("buckets", "circuits"):
+            admin.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"{table}_{suffix}"))
+            )
+        for function in ("take_v4", "refund_v2", "lock_v1"):
+            admin.execute(
+                sql.SQL("DROP FUNCTION IF EXISTS {}").format(sql.Identifier(f"{table}_{function}"))
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,3 +62,12 @@ def otel() -> Iterator[OTel]:
         tracer_provider.shutdown()
         meter_provider.shutdown()
         _reset_otel_globals()
+
+
+@pytest.fixture
+def outages(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
+    """Warnings on the ``resilience.storage`` logger (an outage is announced there)."""
+    caplog.set_level(logging.WARNING, logger="resilience.storage")
+    records: list[logging.LogRecord] = []
+    yield records
+    records.extend(r for r in caplog.records if r.name == "resilience.storage")

@@ -17,7 +17,7 @@ from resilience.storage import postgres as postgres_module
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.postgres import PostgresStore
 
-from .backends import require_postgres
+from .backends import drop_postgres_tables, require_postgres
 
 pytestmark = pytest.mark.backend
 
@@ -43,19 +43,7 @@ def test_names_are_identifiers_and_values_are_parameters(dsn: str) -> None:
         assert store.breaker_load(name, 0.0).version == 0
     finally:
         store.close()
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            for suffix in ("buckets", "circuits"):
-                admin.execute(
-                    psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(
-                        psycopg.sql.Identifier(f"{table}_{suffix}")
-                    )
-                )
-            for function in ("take_v4", "refund_v2", "lock_v1"):
-                admin.execute(
-                    psycopg.sql.SQL("DROP FUNCTION IF EXISTS {}").format(
-                        psycopg.sql.Identifier(f"{table}_{function}")
-                    )
-                )
+        drop_postgres_tables(dsn, table)
 
 
 def test_a_locked_row_times_out_then_the_store_recovers(dsn: str) -> None:

@@ -31,7 +31,7 @@ import resilience as rs
 from resilience._breaker_core import CircuitState
 from resilience.storage.postgres import PostgresStore
 
-from .backends import require_postgres
+from .backends import drop_postgres_tables, require_postgres
 
 pytestmark = [
     pytest.mark.backend,
@@ -280,16 +280,4 @@ def test_an_existing_table_gains_the_lease_column(dsn: str) -> None:
         assert not store.breaker_acquire_probe("old", 7, 1, None, 0.0)
     finally:
         store.close()
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            for suffix in ("buckets", "circuits"):
-                admin.execute(
-                    psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(
-                        psycopg.sql.Identifier(f"{table}_{suffix}")
-                    )
-                )
-            for function in ("take_v4", "refund_v2", "lock_v1"):
-                admin.execute(
-                    psycopg.sql.SQL("DROP FUNCTION IF EXISTS {}").format(
-                        psycopg.sql.Identifier(f"{table}_{function}")
-                    )
-                )
+        drop_postgres_tables(dsn, table)

@@ -71,14 +71,6 @@ def store(dsn: str) -> Iterator[PostgresStore]:
     made.close()
 
 
-@pytest.fixture
-def outages(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    caplog.set_level(logging.WARNING, logger="resilience.storage")
-    records: list[logging.LogRecord] = []
-    yield records
-    records.extend(r for r in caplog.records if r.name == "resilience.storage")
-
-
 def fresh() -> str:
     return f"in-{uuid.uuid4().hex}"
 

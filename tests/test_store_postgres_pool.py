@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -36,15 +35,6 @@ POOL = 4  # connections: far fewer than the callers
 @pytest.fixture
 def dsn() -> str:
     return require_postgres()
-
-
-@pytest.fixture
-def outages(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """Warnings on the ``resilience.storage`` logger (an outage is announced there)."""
-    caplog.set_level(logging.WARNING, logger="resilience.storage")
-    records: list[logging.LogRecord] = []
-    yield records
-    records.extend(r for r in caplog.records if r.name == "resilience.storage")
 
 
 def fresh() -> str:

@@ -725,11 +725,15 @@ class RedisStore:
             return await asyncio.to_thread(self._run, script, keys, args)
         if side.gate is not None:
             return await self._arun_gated(side, script, keys, args)
-        client = side.client
+        return await self._aeval(side.client, script, keys, args)
+
+    async def _aeval(
+        self, client: Any, script: str, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Any:
         try:
             try:
                 return await client.evalsha(_SHAS[script], len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
+            except redis.exceptions.NoScriptError:  # a restarted server, a new node
                 await client.script_load(_SCRIPTS[script])
                 return await client.evalsha(_SHAS[script], len(keys), *keys, *args)
         except _DRIVER_ERRORS as error:
@@ -752,14 +756,7 @@ class RedisStore:
         else:
             await gate.acquire()  # at once
         try:
-            client = side.client
-            try:
-                return await client.evalsha(_SHAS[script], len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                await client.script_load(_SCRIPTS[script])
-                return await client.evalsha(_SHAS[script], len(keys), *keys, *args)
-        except _DRIVER_ERRORS as error:
-            self._fail(error)
+            return await self._aeval(side.client, script, keys, args)
         finally:
             gate.release()
 
