@@ -34,7 +34,7 @@ import pybreaker
 import redis
 from _harness import Case, compare, print_table
 
-from resilience._bucket import BucketSpec
+from resilience._core.bucket import BucketSpec
 from resilience.breaker import CircuitBreaker
 from resilience.ratelimit import RateLimiter
 from resilience.storage.buckets import BucketRequest

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _harness import print_table, time_sync
 
-from resilience._bucket import BucketSpec
+from resilience._core.bucket import BucketSpec
 from resilience.errors import StoreUnavailable
 from resilience.storage import MemoryStore
 from resilience.storage.buckets import BucketRequest

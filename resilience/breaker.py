@@ -2,7 +2,7 @@
 
 Layers, from the inside out:
 
-* :mod:`resilience._breaker_core`: the pure state machine (windows, admission
+* :mod:`resilience._core.breaker`: the pure state machine (windows, admission
   and probe rules, break durations); no I/O, ``now`` passed in.
 * :mod:`resilience.storage.breakers`: the shared circuit (state, version,
   probe permits) behind a compare-and-set protocol.
@@ -31,7 +31,8 @@ from typing import Annotated, Any, ClassVar, ParamSpec, TypeAlias, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ._breaker_core import (
+from ._clock import SYSTEM_CLOCK, Clock
+from ._core.breaker import (
     FAILURE,
     IGNORED,
     SLOW,
@@ -47,7 +48,6 @@ from ._breaker_core import (
     break_duration,
     probe_verdict,
 )
-from ._clock import SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._policy import Policy
 from ._validation import (
@@ -71,7 +71,7 @@ from .storage._guard import FailureMode, GuardedBreakerStore
 from .storage.breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
 from .telemetry._hub import HUB
 from .telemetry.events import CallRejected, CircuitStateChanged
-from .telemetry.otel import CallObserver, otel_metrics, otel_trace, track_breaker
+from .telemetry.otel import OTEL, CallObserver, track_breaker
 
 __all__ = [
     "BreakerOptions",
@@ -851,10 +851,7 @@ class CircuitBreaker(Policy):
             reset_streak = self._reset_streak
 
             def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and (
-                    otel_trace._TRACER_PROVIDER is not None
-                    or otel_metrics._METER_PROVIDER is not None
-                ):
+                if observer is not None and OTEL.on:
                     return observer.call_sync(unobserved, args, kwargs)
                 if breaker._closed:
                     try:
@@ -881,9 +878,7 @@ class CircuitBreaker(Policy):
         closed_success = self._closed_success
 
         def guarded_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-            if observer is not None and (
-                otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None
-            ):
+            if observer is not None and OTEL.on:
                 return observer.call_sync(unobserved, args, kwargs)
             if breaker._closed and (not polling or now() < breaker._refresh_at):
                 start = now() if timed else None
@@ -985,10 +980,7 @@ class CircuitBreaker(Policy):
             reset_streak = self._reset_streak
 
             async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and (
-                    otel_trace._TRACER_PROVIDER is not None
-                    or otel_metrics._METER_PROVIDER is not None
-                ):
+                if observer is not None and OTEL.on:
                     return await observer.call_async(unobserved, args, kwargs)
                 if breaker._closed:
                     try:
@@ -1015,9 +1007,7 @@ class CircuitBreaker(Policy):
         closed_success = self._closed_success
 
         async def guarded_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-            if observer is not None and (
-                otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None
-            ):
+            if observer is not None and OTEL.on:
                 return await observer.call_async(unobserved, args, kwargs)
             if breaker._closed and (not polling or now() < breaker._refresh_at):
                 start = now() if timed else None

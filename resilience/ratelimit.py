@@ -2,7 +2,7 @@
 
 ``RateLimiter("emails", rate=100, per=60.0)`` lets 100 acquisitions through per
 minute, at most ``burst`` (default: ``rate``) at once. The algorithm is the pure
-core in :mod:`resilience._bucket`; buckets live behind the
+core in :mod:`resilience._core.bucket`; buckets live behind the
 :class:`~resilience.storage.buckets.BucketStore` protocol.
 
 Drivers
@@ -29,8 +29,8 @@ from typing import Any, ClassVar, ParamSpec, Self, TypeVar
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from ._bucket import BucketSpec, Decision, check_shape
 from ._clock import MAX_DURATION, SYSTEM_CLOCK, Clock
+from ._core.bucket import BucketSpec, Decision, check_shape
 from ._counters import counter_value
 from ._deadline import remaining_time
 from ._policy import Policy
@@ -51,7 +51,7 @@ from .storage._guard import FailureMode, GuardedBucketStore
 from .storage.buckets import BucketRequest, BucketStore, MemoryBucketStore
 from .telemetry._hub import HUB
 from .telemetry.events import RateLimitRejected, RateLimitWaited
-from .telemetry.otel import CallObserver, otel_metrics, otel_trace
+from .telemetry.otel import OTEL, CallObserver
 
 __all__ = [
     "CompositeLimit",
@@ -80,7 +80,7 @@ class RateLimiterOptions(OptionsModel):
     """Validated options of a :class:`RateLimiter`.
 
     Besides each field's own bounds, the shape they make together is checked
-    (:func:`resilience._bucket.check_shape`): one token every ``per / rate``
+    (:func:`resilience._core.bucket.check_shape`): one token every ``per / rate``
     seconds, between 1e-6 and 1e9 s, and ``burst * per / rate`` (the time an
     empty bucket takes to refill) at most 1e9 s.
     """
@@ -186,10 +186,7 @@ class _Acquiring(Policy):
         # inside its span) and with one; see resilience.telemetry.otel.
         def build(observer: CallObserver | None) -> Callable[P, R]:
             def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and (
-                    otel_trace._TRACER_PROVIDER is not None
-                    or otel_metrics._METER_PROVIDER is not None
-                ):
+                if observer is not None and OTEL.on:
                     return observer.call_sync(unobserved, args, kwargs)
                 # The in-memory fast path inline, sparing a call to acquire().
                 if take_one is not None and take_one(None):
@@ -211,10 +208,7 @@ class _Acquiring(Policy):
 
         def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
             async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and (
-                    otel_trace._TRACER_PROVIDER is not None
-                    or otel_metrics._METER_PROVIDER is not None
-                ):
+                if observer is not None and OTEL.on:
                     return await observer.call_async(unobserved, args, kwargs)
                 if take_one is not None and take_one(None):
                     hit()
@@ -591,7 +585,7 @@ class Limit(_Acquiring):
             return limited
 
         def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-            if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
+            if OTEL.on:
                 return observer.call_sync(limited, args, kwargs)
             acquire(key_of(*args, **kwargs), cost, timeout)
             return fn(*args, **kwargs)
@@ -615,7 +609,7 @@ class Limit(_Acquiring):
             return limited
 
         async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-            if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
+            if OTEL.on:
                 return await observer.call_async(limited, args, kwargs)
             await aacquire(key_of(*args, **kwargs), cost, timeout)
             return await fn(*args, **kwargs)

@@ -53,7 +53,7 @@ from .classify import (
 from .errors import ConfigurationError
 from .telemetry._hub import HUB
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
-from .telemetry.otel import CallObserver, attempt_span, otel_metrics, otel_trace
+from .telemetry.otel import OTEL, CallObserver, attempt_span
 
 __all__ = [
     "Attempt",
@@ -475,10 +475,7 @@ class Retry(Policy):
             if simple:
 
                 def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-                    if observer is not None and (
-                        otel_trace._TRACER_PROVIDER is not None
-                        or otel_metrics._METER_PROVIDER is not None
-                    ):
+                    if observer is not None and OTEL.on:
                         return observer.call_sync(unobserved, args, kwargs)
                     try:
                         result = fn(*args, **kwargs)
@@ -492,10 +489,7 @@ class Retry(Policy):
                 return retrying
 
             def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and (
-                    otel_trace._TRACER_PROVIDER is not None
-                    or otel_metrics._METER_PROVIDER is not None
-                ):
+                if observer is not None and OTEL.on:
                     return observer.call_sync(unobserved, args, kwargs)
                 start = now()
                 # This retry's deadline flows inward (see _deadline_scope), built
@@ -574,10 +568,7 @@ class Retry(Policy):
             if simple:
 
                 async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-                    if observer is not None and (
-                        otel_trace._TRACER_PROVIDER is not None
-                        or otel_metrics._METER_PROVIDER is not None
-                    ):
+                    if observer is not None and OTEL.on:
                         return await observer.call_async(unobserved, args, kwargs)
                     try:
                         result = await fn(*args, **kwargs)
@@ -591,10 +582,7 @@ class Retry(Policy):
                 return retrying
 
             async def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and (
-                    otel_trace._TRACER_PROVIDER is not None
-                    or otel_metrics._METER_PROVIDER is not None
-                ):
+                if observer is not None and OTEL.on:
                     return await observer.call_async(unobserved, args, kwargs)
                 start = now()
                 # This retry's deadline flows inward (see _deadline_scope), built

@@ -16,6 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
+from resilience.telemetry.otel import refresh as otel_switch_refresh
+
 
 @dataclass
 class OTel:
@@ -43,6 +45,7 @@ def _reset_otel_globals() -> None:
     trace._TRACER_PROVIDER = None
     metrics_internal._METER_PROVIDER_SET_ONCE = Once()
     metrics_internal._METER_PROVIDER = None
+    otel_switch_refresh()
 
 
 @pytest.fixture
@@ -56,6 +59,7 @@ def otel() -> Iterator[OTel]:
     _reset_otel_globals()
     trace.set_tracer_provider(tracer_provider)
     metrics_internal.set_meter_provider(meter_provider)
+    otel_switch_refresh()
     try:
         yield OTel(spans, reader)
     finally:

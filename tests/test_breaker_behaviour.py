@@ -665,7 +665,7 @@ def test_counts_have_an_upper_bound(field: str, value: int) -> None:
 
 
 def test_a_grown_break_stays_finite() -> None:
-    from resilience._breaker_core import MAX_BREAK, break_duration
+    from resilience._core.breaker import MAX_BREAK, break_duration
 
     assert break_duration(10_000, 1.0, 2.0, math.inf) == MAX_BREAK
     assert break_duration(1, 1e300, 1.0, math.inf) == MAX_BREAK

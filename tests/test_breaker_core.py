@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilience._breaker_core import (
+from resilience._core.breaker import (
     FAILURE,
     IGNORED,
     SLOW,

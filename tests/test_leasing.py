@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
-from resilience._bucket import BucketSpec
+from resilience._core.bucket import BucketSpec
 from resilience.ratelimit import RateLimiter
 from resilience.storage.buckets import BucketRequest, MemoryBucketStore
 from resilience.storage.leasing import LeasingBucketStore

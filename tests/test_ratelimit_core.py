@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience._bucket import (
+from resilience._core.bucket import (
     FULL,
     SLACK,
     BucketSpec,

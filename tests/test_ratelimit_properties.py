@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
-from resilience._bucket import SLACK
+from resilience._core.bucket import SLACK
 from resilience.ratelimit import RateLimiter
 from resilience.storage.buckets import MemoryBucketStore
 from resilience.testing import FakeClock

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 import resilience as rs
-from resilience._bucket import BucketSpec, Decision
+from resilience._core.bucket import BucketSpec, Decision
 from resilience.ratelimit import RateLimiter
 from resilience.storage import buckets
 from resilience.storage.buckets import BucketRequest, BucketStore, MemoryBucketStore

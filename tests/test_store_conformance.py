@@ -39,9 +39,9 @@ from hypothesis.stateful import (
 )
 
 import resilience as rs
-from resilience._breaker_core import CircuitState
-from resilience._bucket import BucketSpec, Decision
 from resilience._clock import SYSTEM_CLOCK, Clock
+from resilience._core.breaker import CircuitState
+from resilience._core.bucket import BucketSpec, Decision
 from resilience.storage import MemoryStore, store_from_url
 from resilience.storage.breakers import BreakerStore, CircuitSnapshot
 from resilience.storage.buckets import BucketRequest, BucketStore

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from resilience._breaker_core import CircuitState
+from resilience._core.breaker import CircuitState
 
 from .backends import require_postgres
 

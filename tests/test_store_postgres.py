@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import resilience as rs
-from resilience._bucket import BucketSpec, Decision
+from resilience._core.bucket import BucketSpec, Decision
 from resilience.storage import postgres as postgres_module
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.postgres import PostgresStore

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 import resilience as rs
-from resilience._breaker_core import CircuitState
+from resilience._core.breaker import CircuitState
 from resilience.storage.postgres import PostgresStore
 
 from .backends import drop_postgres_tables, require_postgres

@@ -24,8 +24,8 @@ import psycopg
 import pytest
 
 import resilience as rs
-from resilience._breaker_core import MAX_BREAK, CircuitState
-from resilience._bucket import BucketSpec
+from resilience._core.breaker import MAX_BREAK, CircuitState
+from resilience._core.bucket import BucketSpec
 from resilience.storage._guard import GuardedBreakerStore, GuardedBucketStore
 from resilience.storage._sql import encode_key
 from resilience.storage.buckets import BucketRequest

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import resilience as rs
-from resilience._bucket import BucketSpec
+from resilience._core.bucket import BucketSpec
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.postgres import PostgresStore
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import resilience as rs
-from resilience._bucket import FULL, BucketSpec, Decision
+from resilience._core.bucket import FULL, BucketSpec, Decision
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
 from resilience.storage.breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
@@ -363,7 +363,7 @@ class BucketsMachine(RuleBasedStateMachine):
             )
 
     def redis_tokens(self, name: str, key: str | None, tat: float, now: float) -> float:
-        from resilience._bucket import tokens
+        from resilience._core.bucket import tokens
 
         return tokens(tat, now, SPECS[name])
 

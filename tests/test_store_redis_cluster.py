@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import resilience as rs
-from resilience._bucket import BucketSpec
+from resilience._core.bucket import BucketSpec
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
 from resilience.storage.buckets import BucketRequest

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from resilience._breaker_core import MAX_BREAK, CircuitState
-from resilience._bucket import BucketSpec
+from resilience._core.breaker import MAX_BREAK, CircuitState
+from resilience._core.bucket import BucketSpec
 from resilience.storage import sqlite as sqlite_module
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.sqlite import SQLiteStore

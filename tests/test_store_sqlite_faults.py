@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import resilience as rs
-from resilience._breaker_core import CircuitState
-from resilience._bucket import BucketSpec
+from resilience._core.breaker import CircuitState
+from resilience._core.bucket import BucketSpec
 from resilience.storage import sqlite as sqlite_module
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.sqlite import SQLiteStore

@@ -34,9 +34,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from .._breaker_core import CircuitState
-from .._bucket import Decision
 from .._clock import Clock
+from .._core.breaker import CircuitState
+from .._core.bucket import Decision
 from ..errors import StoreUnavailable
 from .breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore, SnapshotCallback
 from .buckets import BucketRequest, BucketStore, MemoryBucketStore

@@ -13,7 +13,7 @@ Rules shared by all of them:
   time goes back as ``TIME``'s two integers, which the client combines with
   the script's own arithmetic. Lua numbers are IEEE
   doubles like Python's floats, and each script performs the arithmetic of the
-  pure core (:mod:`resilience._bucket`) in the same order, on operands the
+  pure core (:mod:`resilience._core.bucket`) in the same order, on operands the
   client precomputed the same way, so both sides get bit-identical results.
 """
 
@@ -239,7 +239,7 @@ BREAKER_ACQUIRE_PROBE = (
     _PRELUDE
     + """
 -- KEYS[1]: the circuit. ARGV: version, limit, permit lease (seconds), epoch.
--- The rule of _breaker_core.take_probe: the permits out lapse together `lease`
+-- The rule of _core.breaker.take_probe: the permits out lapse together `lease`
 -- seconds after the last one was handed out (their holders are presumed dead).
 local h = redis.call('HMGET', KEYS[1], 's', 'v', 'p', 'd', 'e')
 if h[1] ~= 'half_open' or tonumber(h[2] or '0') ~= tonumber(ARGV[1]) then return 0 end

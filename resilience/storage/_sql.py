@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from .._breaker_core import MAX_BREAK, CircuitState
+from .._core.breaker import MAX_BREAK, CircuitState
 from .breakers import INITIAL, CircuitSnapshot
 
 __all__ = ["PLAIN_KEY_BYTES", "encode_key", "snapshot_of"]
@@ -47,7 +47,7 @@ def snapshot_of(
 
     An OPEN circuit whose remaining break is not a finite number (a row written
     with an infinite or NaN duration) holds the longest break there is,
-    :data:`~resilience._breaker_core.MAX_BREAK`: never "no break".
+    :data:`~resilience._core.breaker.MAX_BREAK`: never "no break".
     """
     if row is None:
         return INITIAL

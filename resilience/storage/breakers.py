@@ -26,7 +26,7 @@ The contract
   atomically, so the fleet-wide number of concurrent probes is bounded.
   Permits belong to one version: a transition drops them all.
 * **Leased probes.** Permits lapse together ``lease`` seconds after the last
-  one was handed out (:func:`resilience._breaker_core.take_probe` is the rule
+  one was handed out (:func:`resilience._core.breaker.take_probe` is the rule
   every store applies), so a probe whose process was killed, or whose task was
   cancelled while taking or handing back its permit, cannot wedge the circuit
   in HALF_OPEN. ``lease=None`` means the store's own ``probe_lease``.
@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .._breaker_core import CircuitState, take_probe
+from .._core.breaker import CircuitState, take_probe
 
 __all__ = ["DEFAULT_PROBE_LEASE", "BreakerStore", "CircuitSnapshot", "MemoryBreakerStore"]
 

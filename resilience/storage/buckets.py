@@ -5,10 +5,10 @@ The contract
 * **A bucket is one float.** A bucket is identified by the limiter's ``name``
   and a ``key`` (``None`` for the limiter's single, unkeyed bucket) and its
   whole state is one number, the time at which it will be full again (see
-  :mod:`resilience._bucket`). A store keeps numbers, never pickled objects: a
+  :mod:`resilience._core.bucket`). A store keeps numbers, never pickled objects: a
   Redis string or hash field, a ``DOUBLE PRECISION`` column.
 * **One call per acquisition.** :meth:`BucketStore.bucket_take` applies the pure
-  rule of :func:`resilience._bucket.take_all` to every requested bucket at
+  rule of :func:`resilience._core.bucket.take_all` to every requested bucket at
   once, atomically: a composite acquisition over several buckets (a global
   limit plus a per-recipient one) consumes from all of them or from none. One
   acquisition is one round trip: one Lua script in Redis, one
@@ -42,7 +42,8 @@ import queue
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from .._bucket import (
+from .._clock import SYSTEM_CLOCK, Clock
+from .._core.bucket import (
     FULL,
     BucketSpec,
     Decision,
@@ -53,7 +54,6 @@ from .._bucket import (
     take_now,
     tokens,
 )
-from .._clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["BucketRequest", "BucketStore", "MemoryBucketStore"]
 

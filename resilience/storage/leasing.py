@@ -41,7 +41,7 @@ import math
 import threading
 from collections.abc import Sequence
 
-from .._bucket import BucketSpec, Decision
+from .._core.bucket import BucketSpec, Decision
 from ..errors import ConfigurationError
 from .buckets import BucketRequest, BucketStore
 

@@ -15,7 +15,7 @@ One round trip per operation
   composite acquisitions do not deadlock; a bucket never used first gets a
   full row, ``INSERT … ON CONFLICT DO NOTHING``, then is locked), reads the
   server clock (``clock_timestamp()``) *after* taking the locks, applies the
-  rule of :func:`resilience._bucket.take_all` in ``float8`` arithmetic (the
+  rule of :func:`resilience._core.bucket.take_all` in ``float8`` arithmetic (the
   same IEEE operations, in the same order, on the same inputs: the per-request
   constants are computed in Python exactly as the memory store computes
   them), writes the new states and returns the decision. It runs in the
@@ -32,14 +32,14 @@ One round trip per operation
   DO UPDATE … WHERE version = 0`` for a circuit never moved), plus one
   ``SELECT`` only when the compare-and-set lost; probe permits are one
   conditional ``UPDATE … RETURNING`` each. Permits are leased
-  (:func:`resilience._breaker_core.take_probe`, on the server's clock): they
+  (:func:`resilience._core.breaker.take_probe`, on the server's clock): they
   lapse together ``lease`` seconds after the last one was handed out.
 
 Time is the server's (``extract(epoch FROM clock_timestamp())``), so clients
 whose clocks disagree share consistent buckets and breaks; answers are relative
 seconds. The breaker's ``now`` argument is ignored. Every time is a ``float8``
 (no ``interval`` that could overflow); a break duration that is not a finite
-number is held as :data:`~resilience._breaker_core.MAX_BREAK`.
+number is held as :data:`~resilience._core.breaker.MAX_BREAK`.
 
 Keys and names
 --------------
@@ -101,8 +101,8 @@ except ImportError as _missing:  # pragma: no cover - exercised in a test with t
         name=_missing.name,
     ) from _missing
 
-from .._breaker_core import MAX_BREAK, CircuitState
-from .._bucket import FULL, BucketSpec, Decision, tokens
+from .._core.breaker import MAX_BREAK, CircuitState
+from .._core.bucket import FULL, BucketSpec, Decision, tokens
 from ..errors import ConfigurationError, StoreUnavailable
 from ._sql import encode_key, snapshot_of
 from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback
@@ -210,7 +210,7 @@ BEGIN
         END LOOP;
     END IF;
     now_ := extract(epoch FROM clock_timestamp())::float8;
-    -- resilience._bucket.take_all, operation for operation.
+    -- resilience._core.bucket.take_all, operation for operation.
     s := now_;
     FOR i IN 1..n LOOP
         IF t[i] - p_heads[i] > now_ THEN
@@ -286,7 +286,7 @@ LANGUAGE plpgsql VOLATILE AS $body$
 DECLARE
     r record;
 BEGIN
-    -- The take's lock order; then resilience._bucket.refund: back to before
+    -- The take's lock order; then resilience._core.bucket.refund: back to before
     -- only if the bucket is still at after.
     FOR r IN
         SELECT u.name, u.key, u.before, u.after
@@ -987,7 +987,7 @@ class PostgresStore:
                 "probes_out = 0, probe_successes = 0, probes_lapse_at = 0 "
                 "WHERE c.name = %(name)s AND c.version = %(expected)s" + returning
             ),
-            # resilience._breaker_core.take_probe, on the server's clock (read once).
+            # resilience._core.breaker.take_probe, on the server's clock (read once).
             "acquire": (
                 "UPDATE {circuits} AS c SET "
                 "probes_out = CASE WHEN c.probes_lapse_at <= n.t THEN 0 "

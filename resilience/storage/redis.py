@@ -20,10 +20,10 @@ Design
   ``TIME`` is its wall clock: if it is stepped backwards, buckets look emptier,
   which errs on the safe side; stepped forwards, they refill early.)
 * **One decision, two implementations that agree exactly.** The bucket scripts
-  apply the pure rule of :func:`resilience._bucket.take_all` (for one bucket
-  without waiting, :func:`~resilience._bucket.take_now`) and answer with the
+  apply the pure rule of :func:`resilience._core.bucket.take_all` (for one bucket
+  without waiting, :func:`~resilience._core.bucket.take_now`) and answer with the
   buckets' states before the take and the server time they used; the client
-  then computes the :class:`~resilience._bucket.Decision` (wait, retry_after,
+  then computes the :class:`~resilience._core.bucket.Decision` (wait, retry_after,
   tokens) from those with the pure core's functions. Floats cross the wire as
   round-tripping text and both sides do the same operations in the same order,
   so the server's grant and the client's decision agree bit for bit (the
@@ -106,8 +106,8 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._breaker_core import CircuitState
-from .._bucket import BucketSpec, Decision, exact_delay, take_all, tokens
+from .._core.breaker import CircuitState
+from .._core.bucket import BucketSpec, Decision, exact_delay, take_all, tokens
 from ..errors import ConfigurationError, StoreUnavailable
 from . import _redis_scripts as scripts
 from .breakers import CircuitSnapshot, SnapshotCallback
@@ -354,7 +354,7 @@ _NO_LIMIT = b"-1"  # max_wait = inf, for the take script
 
 def _shape(spec: BucketSpec, cost: int) -> tuple[bytes, bytes, bytes]:
     """The take script's arguments for one bucket, as exact text: computed the way
-    :func:`resilience._bucket.take_all` computes them, so both sides agree bit for bit."""
+    :func:`resilience._core.bucket.take_all` computes them, so both sides agree bit for bit."""
     increment = cost * spec.interval
     return (
         repr(spec.headroom_for(cost)).encode(),
@@ -910,7 +910,7 @@ class RedisStore:
     def _take_one_decision(
         cls, requests: Sequence[BucketRequest], max_wait: float, reply: Any
     ) -> tuple[Decision, float, tuple[float, ...]]:
-        """The decision of :func:`~resilience._bucket.take_all` for one bucket, from the
+        """The decision of :func:`~resilience._core.bucket.take_all` for one bucket, from the
         script's answer "granted seconds microseconds state" (state empty: full)."""
         granted, seconds, microseconds, state = _text(reply).split(" ")
         if max_wait != 0:

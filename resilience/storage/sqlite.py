@@ -10,9 +10,9 @@ Atomicity
 ---------
 Every state change is one ``BEGIN IMMEDIATE`` transaction: it takes SQLite's
 write lock first, reads the rows, reads the clock, applies the *same pure
-function* the memory store applies (:func:`resilience._bucket.take_all`,
-:func:`~resilience._bucket.refund`, :func:`~resilience._bucket.penalize`, the
-breaker's compare-and-set, :func:`resilience._breaker_core.take_probe`), writes
+function* the memory store applies (:func:`resilience._core.bucket.take_all`,
+:func:`~resilience._core.bucket.refund`, :func:`~resilience._core.bucket.penalize`, the
+breaker's compare-and-set, :func:`resilience._core.breaker.take_probe`), writes
 the rows and commits. Writers are serialized by the file lock, so processes
 never over-grant and a composite acquisition is all or nothing. Readers
 (``bucket_tokens``, ``breaker_load``) never block writers (WAL).
@@ -26,7 +26,7 @@ that restarts at boot would not do). Tests inject a
 :class:`~resilience.testing.FakeClock`. The breaker's ``now`` argument is
 ignored, as the protocol allows for stores with a clock of their own. A break
 that does not fit in a finite number (``inf``, NaN) is stored as
-:data:`~resilience._breaker_core.MAX_BREAK`: it never means "no break".
+:data:`~resilience._core.breaker.MAX_BREAK`: it never means "no break".
 
 Half-open probe permits are leased: they lapse together ``probe_lease``
 seconds (or the breaker's own lease) after the last one was handed out, so a
@@ -82,9 +82,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .._breaker_core import MAX_BREAK, CircuitState, take_probe
-from .._bucket import FULL, BucketSpec, Decision, penalize, refund, take_all, tokens
 from .._clock import Clock
+from .._core.breaker import MAX_BREAK, CircuitState, take_probe
+from .._core.bucket import FULL, BucketSpec, Decision, penalize, refund, take_all, tokens
 from ..errors import ConfigurationError, StoreUnavailable
 from ._sql import encode_key, snapshot_of
 from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback

@@ -2,8 +2,8 @@
 
 Nothing here runs unless an OpenTelemetry SDK is configured: every protected
 callable is built in two copies from one body, and the public copy starts with
-:func:`otel_configured`'s test written inline (two module attribute reads), so
-with no SDK the whole cost is that test. With an SDK the call goes through
+a test of :data:`OTEL` written inline (one attribute read, plus a countdown
+while no SDK is set), so with no SDK the whole cost is that test. With an SDK the call goes through
 :meth:`CallObserver.call_sync` / :meth:`CallObserver.call_async`, which open the
 span, time the call and count its outcome around the unobserved copy.
 
@@ -14,6 +14,7 @@ conventions' ``error.type``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -24,7 +25,6 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from opentelemetry import metrics as otel_metrics_api
 from opentelemetry import trace as otel_trace
-from opentelemetry.metrics import _internal as otel_metrics
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._version import VERSION
@@ -51,9 +51,10 @@ __all__ = [
     "observe_sync",
     "attempt_span",
     "configure",
+    "OTEL",
     "otel_configured",
-    "otel_metrics",
     "otel_trace",
+    "refresh",
     "track_breaker",
 ]
 
@@ -63,15 +64,84 @@ R = TypeVar("R")
 _SCOPE = "resilience"
 
 
-def otel_configured() -> bool:
-    """Whether an OpenTelemetry SDK (tracer or meter provider) has been set.
+def _is_default(provider: object, defaults: tuple[type, ...]) -> bool:
+    # The API package holds only the no-op and proxy providers: a provider from
+    # any other module (the SDK's, a vendor's) is a real one.
+    return isinstance(provider, defaults) or type(provider).__module__.startswith(
+        ("opentelemetry.trace", "opentelemetry.metrics")
+    )
 
-    Policies inline this same test in their protected callables
-    (``otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER
-    is not None``): OpenTelemetry's API offers no notification when a provider
-    is set, and a function call here would cost more than the whole budget.
+
+class _Switch:
+    """Whether an OpenTelemetry SDK is set, as one attribute a protected call reads.
+
+    OpenTelemetry's public API tells whether a provider is set only through
+    ``get_tracer_provider()``/``get_meter_provider()``, which cost about 0.6 µs
+    each (they look the environment up), and it offers no notification when
+    one is set. So ``on`` is a cached answer, refreshed when a policy decorates
+    a function, when any event is reported, when :func:`configure` or
+    :func:`refresh` is called, and, while no SDK is set, by a daemon thread that
+    looks again at growing intervals (50 ms up to 1 s). A provider can be set
+    only once per process, so once ``on`` the thread stops.
     """
-    return otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None
+
+    __slots__ = ("_lock", "_poller", "metrics", "on", "tracing")
+
+    FIRST_POLL = 0.05
+    LAST_POLL = 1.0
+
+    def __init__(self) -> None:
+        self.on = self.tracing = self.metrics = False
+        self._lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Look the providers up again; returns the new ``on``."""
+        self.tracing = not _is_default(
+            otel_trace.get_tracer_provider(),
+            (otel_trace.ProxyTracerProvider, otel_trace.NoOpTracerProvider),
+        )
+        self.metrics = not _is_default(
+            otel_metrics_api.get_meter_provider(), (otel_metrics_api.NoOpMeterProvider,)
+        )
+        self.on = _SETTINGS.enabled and (self.tracing or self.metrics)
+        return self.on
+
+    def watch(self) -> None:
+        """Refresh now, and keep looking in the background until a provider is set."""
+        if self.refresh() or (self._poller is not None and self._poller.is_alive()):
+            return
+        with self._lock:
+            if self._poller is None or not self._poller.is_alive():
+                self._poller = threading.Thread(
+                    target=self._poll, name="resilience-otel-watch", daemon=True
+                )
+                self._poller.start()
+
+    def _poll(self) -> None:
+        interval = self.FIRST_POLL
+        while not (self.tracing and self.metrics):
+            time.sleep(interval)
+            self.refresh()
+            interval = min(interval * 2, self.LAST_POLL)
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self._poller = None  # threads do not survive a fork; watch() starts a new one
+
+
+def otel_configured() -> bool:
+    """Whether an OpenTelemetry SDK (tracer or meter provider) is set, looked up now."""
+    return OTEL.refresh()
+
+
+def refresh() -> bool:
+    """Notice a tracer or meter provider set just now.
+
+    Without this call a provider set after your policies decorated their
+    functions is noticed within a second (or at the next event reported).
+    """
+    return OTEL.refresh()
 
 
 class _Settings:
@@ -84,6 +154,9 @@ class _Settings:
 
 
 _SETTINGS = _Settings()
+OTEL = _Switch()
+OTEL.refresh()
+os.register_at_fork(after_in_child=OTEL._forked)
 
 
 def configure(
@@ -108,6 +181,7 @@ def configure(
         _SETTINGS.key_attributes = key_attributes
     if call_metrics is not None:
         _SETTINGS.call_metrics = call_metrics
+    OTEL.refresh()
 
 
 # -- instruments, rebuilt whenever the global providers change ---------------------------
@@ -279,6 +353,7 @@ class CallObserver:
     __slots__ = ("_attributes", "_failure_attributes", "_span_name", "_success_attributes")
 
     def __init__(self, kind: str, name: str) -> None:
+        OTEL.watch()
         self._span_name = f"{kind} {name}"
         self._attributes = {"resilience.policy.kind": kind, "resilience.policy.name": name}
         # Attribute sets are built once and reused: the SDK hashes them per measurement.
@@ -295,7 +370,7 @@ class CallObserver:
         )
 
     def _finish(self, started: float, outcome: str, error_type: str | None) -> None:
-        if otel_metrics._METER_PROVIDER is None or not _SETTINGS.call_metrics:
+        if not OTEL.metrics or not _SETTINGS.call_metrics:
             return
         if error_type is None or outcome == "success":
             attributes = self._success_attributes
@@ -361,7 +436,7 @@ def observe_sync(unobserved: Callable[P, R], observer: CallObserver | None) -> C
         return unobserved
 
     def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-        if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
+        if OTEL.on:
             return observer.call_sync(unobserved, args, kwargs)
         return unobserved(*args, **kwargs)
 
@@ -376,7 +451,7 @@ def observe_async(
         return unobserved
 
     async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-        if otel_trace._TRACER_PROVIDER is not None or otel_metrics._METER_PROVIDER is not None:
+        if OTEL.on:
             return await observer.call_async(unobserved, args, kwargs)
         return await unobserved(*args, **kwargs)
 
@@ -405,7 +480,7 @@ _NO_SPAN = nullcontext()
 
 def attempt_span(policy: str, attempt: int) -> AbstractContextManager[None]:
     """A child span for retry attempt ``attempt`` (2 and up), if tracing is on."""
-    if otel_trace._TRACER_PROVIDER is None or not _SETTINGS.enabled:
+    if not OTEL.tracing or not _SETTINGS.enabled:
         return _NO_SPAN
     return _attempt_span(policy, attempt)
 
@@ -455,12 +530,12 @@ def _record_event_metrics(event: Event, instruments: _Instruments) -> None:
 
 
 def _on_event(event: Event) -> None:
-    if not _SETTINGS.enabled or not otel_configured():
+    if not OTEL.refresh():
         return
     span = otel_trace.get_current_span()
     if span.is_recording():
         span.add_event(event.name, _span_attributes(event))
-    if otel_metrics._METER_PROVIDER is not None:
+    if OTEL.metrics:
         _record_event_metrics(event, _PROVIDERS.instruments())
 
 
