@@ -21,7 +21,17 @@ def main(argv: list[str]) -> None:
         names = [n for n in names if any(n == f"bench_{a}" or n == a for a in argv)]
     print(f"# resilience benchmarks: Python {platform.python_version()} on {platform.machine()}")
     for name in names:
-        importlib.import_module(name).main()
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            # The libraries measured side by side live in an extra of their own.
+            if error.name is None or error.name.partition(".")[0] == "resilience":
+                raise
+            raise SystemExit(
+                f"{name}: {error.name} is not installed; the benchmarks need the bench extra:"
+                " .venv/bin/python -m pip install -e '.[bench]'"
+            ) from error
+        module.main()
 
 
 if __name__ == "__main__":

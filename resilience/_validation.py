@@ -21,14 +21,24 @@ means the same everywhere:
 from __future__ import annotations
 
 import datetime
+import inspect
 import math
 import operator
 import re
+import typing
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 
 from ._clock import MAX_DURATION
 from .errors import ConfigurationError
@@ -39,6 +49,10 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "Count",
     "DerivedError",
+    "Duration",
+    "FiniteDuration",
+    "FinitePositiveDuration",
+    "PositiveDuration",
     "FiniteNumber",
     "FinitePositiveSeconds",
     "FiniteSeconds",
@@ -53,6 +67,8 @@ __all__ = [
     "build_options",
     "clamp_seconds",
     "check_policy_name",
+    "options_from",
+    "options_model",
     "to_seconds",
 ]
 
@@ -203,6 +219,40 @@ FiniteSeconds = Annotated[Seconds, AfterValidator(_finite_seconds)]
 FinitePositiveSeconds = Annotated[PositiveSeconds, AfterValidator(_finite_seconds)]
 
 
+# The same durations as a constructor's parameters declare them: the type a
+# caller (and mypy) sees is ``float | timedelta``, the validators the same as
+# above, so an options model derived from the signature (``options_model``)
+# validates exactly like a model declared with ``Seconds``; the value it holds
+# is always a float.
+
+#: A duration parameter: seconds as a number, or a ``timedelta``; ``>= 0``.
+Duration = Annotated[
+    float | datetime.timedelta, BeforeValidator(_seconds), AfterValidator(_duration)
+]
+#: A duration parameter that must be strictly positive.
+PositiveDuration = Annotated[
+    float | datetime.timedelta,
+    BeforeValidator(_seconds),
+    AfterValidator(_duration),
+    AfterValidator(_positive_seconds),
+]
+#: A duration parameter that must be finite.
+FiniteDuration = Annotated[
+    float | datetime.timedelta,
+    BeforeValidator(_seconds),
+    AfterValidator(_duration),
+    AfterValidator(_finite_seconds),
+]
+#: A duration parameter that must be finite and strictly positive.
+FinitePositiveDuration = Annotated[
+    float | datetime.timedelta,
+    BeforeValidator(_seconds),
+    AfterValidator(_duration),
+    AfterValidator(_positive_seconds),
+    AfterValidator(_finite_seconds),
+]
+
+
 def clamp_seconds(value: Any, field: str, owner: str) -> float:
     """A duration given per call (a timeout, a pause): a number or ``timedelta``,
     ``>= 0``; clamped to :data:`MAX_DURATION` (``inf`` included), so it can never
@@ -293,3 +343,41 @@ def build_options(model: type[M], owner: str, /, **values: Any) -> M:
             else:
                 problems.append((_field_name(loc), item["msg"].removeprefix("Value error, ")))
         raise ConfigurationError(owner, problems) from error
+
+
+# -- one declaration: the constructor's signature -----------------------------------------
+
+_SKIPPED_KINDS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def options_model(
+    constructor: Callable[..., None], name: str, base: type[OptionsModel] = OptionsModel
+) -> type[OptionsModel]:
+    """The options model of a policy, derived from its constructor's signature.
+
+    A policy declares each option once, as a typed parameter of ``__init__``
+    (the types above carry their validators, so mypy and pydantic read the same
+    declaration); this builds the pydantic model used to validate it, and to
+    validate the same options from a document (``resilience.config``).
+    ``base`` holds what a signature cannot say: validators of one field that
+    normalise it, and rules across fields (``check_fields=False`` validators and
+    ``model_validator``s).
+    """
+    hints = typing.get_type_hints(constructor, include_extras=True)
+    fields: dict[str, Any] = {}
+    for parameter in inspect.signature(constructor).parameters.values():
+        if parameter.name == "self" or parameter.kind in _SKIPPED_KINDS:
+            continue
+        required = parameter.default is inspect.Parameter.empty
+        fields[parameter.name] = (hints[parameter.name], ... if required else parameter.default)
+    model: type[OptionsModel] = create_model(
+        name, __base__=base, __module__=constructor.__module__, **fields
+    )
+    model.__doc__ = f"Validated options, as the parameters of :meth:`{constructor.__qualname__}`."
+    return model
+
+
+def options_from(model: type[M], owner: str, arguments: Mapping[str, Any]) -> M:
+    """Validate a constructor's own arguments (its ``locals()``) into ``model``."""
+    values = {name: arguments[name] for name in model.model_fields if name in arguments}
+    return build_options(model, owner, **values)

@@ -1,3 +1,7 @@
-"""The package version, in a module of its own so that any module can import it."""
+"""The package version: the one place it is written.
+
+``pyproject.toml`` reads it from here at build time (``[tool.hatch.version]``), so
+the distribution's metadata and ``resilience.__version__`` cannot disagree.
+"""
 
 VERSION = "0.1.0"

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+BENCHMARK_ANCHORS = {
+    "tenacity",
+    "stamina",
+    "backoff",
+    "pybreaker",
+    "circuitbreaker",
+    "limits",
+    "pyrate-limiter",
+    "aiolimiter",
+}
 
 
 def readme_commands() -> list[str]:
-    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    """The commands of the README's set-up block (the first bash block after its heading)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"^## Set-up.*?```bash\n(.*?)```", readme, re.DOTALL | re.MULTILINE)
     assert block is not None
     return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
 
@@ -63,3 +79,42 @@ def test_demo_runs_on_a_small_workload() -> None:
     ).stdout
     assert "| with resilience" in out
     assert "success rate:" in out
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0] for requirement in requirements}
+
+
+def test_installed_version_is_the_package_version() -> None:
+    import resilience
+
+    assert "version" in PROJECT["dynamic"] and "version" not in PROJECT
+    assert importlib.metadata.version(PROJECT["name"]) == resilience.__version__
+
+
+def test_license_file_matches_the_declared_license() -> None:
+    assert PROJECT["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+
+
+def test_classifiers_name_the_supported_pythons() -> None:
+    # One classifier per minor version, from the oldest that requires-python admits, no gaps.
+    oldest = int(PROJECT["requires-python"].removeprefix(">=3."))
+    prefix = "Programming Language :: Python :: 3."
+    minors = [
+        int(c.removeprefix(prefix))
+        for c in PROJECT["classifiers"]
+        if c.startswith(prefix) and c[len(prefix) :].isdigit()
+    ]
+    assert minors == list(range(oldest, oldest + len(minors)))
+    assert len(minors) >= 3
+
+
+def test_benchmark_anchors_stay_out_of_the_dev_extra() -> None:
+    extras = PROJECT["optional-dependencies"]
+    assert requirement_names(extras["bench"]) >= BENCHMARK_ANCHORS
+    assert not BENCHMARK_ANCHORS & requirement_names(extras["dev"])
+
+
+def test_readme_says_how_to_install_the_distribution() -> None:
+    assert f"pip install {PROJECT['name']}" in (ROOT / "README.md").read_text()
