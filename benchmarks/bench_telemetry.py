@@ -93,8 +93,36 @@ def with_sdk() -> None:
     )
 
 
+def failure_paths_unobserved() -> None:
+    """Failure paths with no SDK and logging left unconfigured: no subscriber
+    wants their events, so none should be built."""
+    from resilience.testing import FakeClock
+
+    clock = FakeClock()
+    limiter = rs.RateLimiter("bench-limiter", rate=1, per=3600.0, burst=1, clock=clock)
+    limiter.try_acquire()  # empty: every later try is refused
+    retry = rs.Retry(attempts=2, backoff=rs.Backoff.constant(0), clock=clock, name="bench")
+    calls = iter(range(10**9))
+
+    def fails_every_other_call() -> int:
+        if next(calls) % 2 == 0:
+            raise ConnectionError("reset")
+        return 1
+
+    compare(
+        "telemetry, failure paths, nobody interested (no SDK, logging unconfigured)",
+        [
+            Case("limiter try_acquire() refused", limiter.try_acquire),
+            Case("retry: one failure, then success", retry(fails_every_other_call)),
+        ],
+        baseline="limiter try_acquire() refused",
+        number=50_000,
+    )
+
+
 def main() -> None:
     without_sdk()
+    failure_paths_unobserved()
     here = Path(__file__).resolve().parent
     code = (
         f"import sys; sys.path.insert(0, {str(here)!r}); import bench_telemetry as b; b.with_sdk()"

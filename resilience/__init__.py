@@ -1,20 +1,25 @@
 """resilience: retry, circuit breaker, rate limiter, timeout, bulkhead, fallback.
 
-The public API is what ``__all__`` lists; everything in a module whose name
-starts with an underscore is private.
+The root holds what most code needs: the policies (and ``Policy``, their base),
+their errors, ``Backoff``,
+``ErrorClass``/``classify``, ``CircuitState``, the deadline helpers and
+``store_from_url``. The rest is one dotted import away, in the module of what
+it belongs to: statistics (``resilience.retry.RetryStatistics``, ...), clocks
+(``resilience.clock``), configuration from documents (``resilience.config``),
+the registry (``resilience.registry``), stores (``resilience.storage``),
+telemetry (``resilience.telemetry``) and testing helpers (``resilience.testing``).
+Everything in a module whose name starts with an underscore is private.
 """
 
 from __future__ import annotations
 
-from ._clock import Clock, SystemClock
 from ._deadline import check_deadline, remaining_time
 from ._policy import Policy
 from ._version import VERSION
-from .backoff import Backoff, Jitter
-from .breaker import BreakerStatistics, CircuitBreaker, CircuitState
-from .bulkhead import Bulkhead, BulkheadStatistics
-from .classify import Classification, ErrorClass, classify, parse_retry_after
-from .config import ConfigurationWarning, build_policy, check_pipeline, http_pipeline
+from .backoff import Backoff
+from .breaker import CircuitBreaker, CircuitState
+from .bulkhead import Bulkhead
+from .classify import Classification, ErrorClass, classify
 from .errors import (
     BulkheadFull,
     CircuitOpenError,
@@ -24,60 +29,39 @@ from .errors import (
     StoreUnavailable,
     TimeoutExceeded,
 )
-from .fallback import Cached, CachedFallback, Fallback, FallbackStatistics
+from .fallback import CachedFallback, Fallback
 from .pipeline import Pipeline
-from .ratelimit import RateLimiter, RateLimiterStatistics
-from .registry import PolicySnapshot, Registry, RegistrySnapshot
-from .retry import Attempt, Retry, RetryInfo, RetryStatistics, with_retry
-from .storage import MemoryStore, store_from_url
-from .timeout import Timeout, TimeoutStatistics
+from .ratelimit import RateLimiter
+from .retry import Retry, RetryDecision, with_retry
+from .storage import store_from_url
+from .timeout import Timeout
 
 __version__ = VERSION
 
 __all__ = [
-    "Attempt",
     "Backoff",
-    "BreakerStatistics",
     "Bulkhead",
     "BulkheadFull",
-    "BulkheadStatistics",
-    "Cached",
     "CachedFallback",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
     "Classification",
-    "Clock",
     "ConfigurationError",
-    "ConfigurationWarning",
     "ErrorClass",
     "Fallback",
-    "FallbackStatistics",
-    "Jitter",
-    "MemoryStore",
     "Pipeline",
     "Policy",
-    "PolicySnapshot",
     "RateLimitExceeded",
     "RateLimiter",
-    "RateLimiterStatistics",
-    "Registry",
-    "RegistrySnapshot",
     "ResilienceError",
     "Retry",
-    "RetryInfo",
-    "RetryStatistics",
+    "RetryDecision",
     "StoreUnavailable",
-    "SystemClock",
     "Timeout",
     "TimeoutExceeded",
-    "TimeoutStatistics",
-    "build_policy",
     "check_deadline",
-    "check_pipeline",
     "classify",
-    "http_pipeline",
-    "parse_retry_after",
     "remaining_time",
     "store_from_url",
     "with_retry",

@@ -3,23 +3,30 @@
 A policy turns a callable into a protected callable once, at decoration time;
 the per-call path is then one closure, with no dispatch and no allocation on
 success. ``Pipeline`` composes policies by wrapping one inside the other.
+Each policy reports through one telemetry channel, :attr:`Policy.telemetry`.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Self, TypeVar, overload
+from typing import Any, ClassVar, ParamSpec, Self, TypeVar, overload
 
-if TYPE_CHECKING:
-    from .telemetry.otel import CallObserver
+from .telemetry.channel import Telemetry
+from .telemetry.otel import OTEL, CallObserver
 
 __all__ = ["Policy", "is_async_callable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The channel of each policy that does not keep its own in ``_telemetry``.
+_CHANNELS: weakref.WeakKeyDictionary[Policy, Telemetry] = weakref.WeakKeyDictionary()
+_CHANNELS_LOCK = threading.Lock()
 
 
 def is_async_callable(fn: object) -> bool:
@@ -66,11 +73,36 @@ class Policy(ABC):
         """Set the policy up from validated options; ``__init__`` validates, then calls it."""
         raise NotImplementedError(f"{type(self).__name__} is not built from options")
 
+    @property
+    def telemetry(self) -> Telemetry:
+        """This policy's telemetry channel, built on first use.
+
+        A policy keeps it in ``_telemetry`` (declare that slot, or set it in
+        ``_configure``); one that cannot has it kept for as long as it lives.
+        """
+        own = getattr(self, "_telemetry", None)
+        if isinstance(own, Telemetry):
+            return own
+        with _CHANNELS_LOCK:
+            own = getattr(self, "_telemetry", None)
+            if isinstance(own, Telemetry):
+                return own
+            telemetry = Telemetry(self.kind, self.name)
+            try:
+                # Not in Policy's own slots: a subclass declares it (or has a __dict__).
+                object.__setattr__(self, "_telemetry", telemetry)
+                return telemetry
+            except AttributeError:  # slotted without ``_telemetry``
+                pass
+            try:
+                return _CHANNELS.setdefault(self, telemetry)
+            except TypeError:  # nor weakly referenced: a channel per use
+                return telemetry
+
     def observer(self) -> CallObserver:
         """The telemetry observer for a callable this policy decorates."""
-        from .telemetry.otel import CallObserver
-
-        return CallObserver(self.kind, self.name)
+        OTEL.watch()  # decorating is when a provider set since is noticed at once
+        return self.telemetry.observer
 
     @overload
     def __call__(
@@ -93,9 +125,15 @@ class Policy(ABC):
         return wrapped
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)`` under this policy."""
-        return self.wrap_sync(fn)(*args, **kwargs)
+        """Call ``fn(*args, **kwargs)`` under this policy (span and metrics as decorated)."""
+        protected = self.wrap_sync(fn)
+        if OTEL.on:
+            return self.telemetry.observer.call_sync(protected, args, kwargs)
+        return protected(*args, **kwargs)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call and await ``fn(*args, **kwargs)`` under this policy."""
-        return await self.wrap_async(fn)(*args, **kwargs)
+        """Call and await ``fn(*args, **kwargs)`` under this policy (span and metrics too)."""
+        protected = self.wrap_async(fn)
+        if OTEL.on:
+            return await self.telemetry.observer.call_async(protected, args, kwargs)
+        return await protected(*args, **kwargs)

@@ -1,14 +1,9 @@
 """Backoff strategies: how long to wait before retry number ``n``.
 
-Every strategy is a pure function of the retry number (1 for the wait after the
-first failure) and, for decorrelated jitter only, the previous delay; the random
-source is passed in, so a seeded ``random.Random`` gives a reproducible sequence.
-Jitter follows Marc Brooker's "Exponential Backoff and Jitter":
-
-* ``none``: the computed delay ``d``;
-* ``full``: uniform in ``[0, d]``;
-* ``equal``: ``d/2`` plus uniform in ``[0, d/2]``;
-* ``decorrelated`` (exponential only): uniform in ``[base, 3 * previous]``, capped.
+The public face of :mod:`resilience._core.backoff`: each strategy validates its
+options (pydantic models, what configuration files hold) and delegates the
+arithmetic to a pure rule there, which a :class:`~resilience.Retry` calls
+directly. See that module for the jitter formulas.
 
 Every parameter is a finite duration of at most ``MAX_DURATION`` (10^9 s), or a
 cap of ``inf``, and no strategy ever returns more than ``MAX_DURATION``: a delay
@@ -20,15 +15,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from enum import StrEnum
 from random import Random
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ._clock import MAX_DURATION
+from ._core import backoff as core
+from ._core.backoff import DelayRule, Jitter
 from ._validation import (
-    MAX_COUNT,
     FiniteNumber,
     FiniteSeconds,
     OptionsModel,
@@ -46,15 +40,6 @@ __all__ = [
     "LinearBackoff",
     "ScheduleBackoff",
 ]
-
-
-class Jitter(StrEnum):
-    """How a computed delay is randomised."""
-
-    NONE = "none"
-    FULL = "full"
-    EQUAL = "equal"
-    DECORRELATED = "decorrelated"
 
 
 class _JitterOptions(OptionsModel):
@@ -130,15 +115,6 @@ BackoffOptions = Annotated[
 """The options of any backoff, tagged by ``kind``: what configuration files hold."""
 
 
-def _jittered(delay: float, jitter: Jitter, rng: Random) -> float:
-    if jitter is Jitter.FULL:
-        return rng.uniform(0.0, delay)
-    if jitter is Jitter.EQUAL:
-        half = delay / 2.0
-        return half + rng.uniform(0.0, half)
-    return delay
-
-
 class Backoff(ABC):
     """A backoff strategy. Build one with the static constructors below."""
 
@@ -165,6 +141,12 @@ class Backoff(ABC):
     @abstractmethod
     def max_delay(self) -> float:
         """The largest delay this strategy ever returns (``inf`` if unbounded)."""
+
+    @property
+    def rule(self) -> DelayRule:
+        """The pure rule a retry calls for each delay: the built-in strategies'
+        frozen arithmetic (:mod:`resilience._core.backoff`); a subclass is its own."""
+        return self
 
     # -- constructors -------------------------------------------------------
 
@@ -250,124 +232,74 @@ class Backoff(ABC):
         return hash((type(self), repr(self)))
 
 
-class ConstantBackoff(Backoff):
+class _RuleBackoff(Backoff):
+    """A built-in strategy: validated options, and the pure rule built from them."""
+
+    __slots__ = ("_rule",)
+
+    _rule: core.Constant | core.Linear | core.Exponential | core.Schedule
+
+    @property
+    def rule(self) -> DelayRule:
+        return self._rule
+
+    def ceiling(self, retry: int) -> float:
+        return self._rule.ceiling(retry)
+
+    def floor(self, retry: int) -> float:
+        return self._rule.floor(retry)
+
+    def delay(self, retry: int, previous: float | None, rng: Random) -> float:
+        return self._rule.delay(retry, previous, rng)
+
+    @property
+    def max_delay(self) -> float:
+        return self._rule.max_delay
+
+
+class ConstantBackoff(_RuleBackoff):
     __slots__ = ("_options",)
 
     def __init__(self, options: ConstantOptions) -> None:
         self._options = options
+        self._rule = core.Constant(options.delay, options.jitter)
 
     @property
     def options(self) -> ConstantOptions:
         return self._options
 
-    def ceiling(self, retry: int) -> float:
-        return self._options.delay
 
-    def floor(self, retry: int) -> float:
-        return _floor(self._options.delay, self._options.jitter)
-
-    def delay(self, retry: int, previous: float | None, rng: Random) -> float:
-        return _jittered(self._options.delay, self._options.jitter, rng)
-
-    @property
-    def max_delay(self) -> float:
-        return self._options.delay
-
-
-class LinearBackoff(Backoff):
+class LinearBackoff(_RuleBackoff):
     __slots__ = ("_options",)
 
     def __init__(self, options: LinearOptions) -> None:
         self._options = options
+        self._rule = core.Linear(options.base, options.step, options.cap, options.jitter)
 
     @property
     def options(self) -> LinearOptions:
         return self._options
 
-    def ceiling(self, retry: int) -> float:
-        o = self._options
-        steps = min(max(retry, 1), MAX_COUNT) - 1
-        return min(o.cap, o.base + o.step * steps, MAX_DURATION)
 
-    def floor(self, retry: int) -> float:
-        return _floor(self.ceiling(retry), self._options.jitter)
-
-    def delay(self, retry: int, previous: float | None, rng: Random) -> float:
-        return _jittered(self.ceiling(retry), self._options.jitter, rng)
-
-    @property
-    def max_delay(self) -> float:
-        o = self._options
-        return min(o.cap, MAX_DURATION) if o.step > 0 else o.base
-
-
-class ExponentialBackoff(Backoff):
+class ExponentialBackoff(_RuleBackoff):
     __slots__ = ("_options",)
 
     def __init__(self, options: ExponentialOptions) -> None:
         self._options = options
+        self._rule = core.Exponential(options.base, options.multiplier, options.cap, options.jitter)
 
     @property
     def options(self) -> ExponentialOptions:
         return self._options
 
-    def ceiling(self, retry: int) -> float:
-        o = self._options
-        cap = min(o.cap, MAX_DURATION)
-        if o.jitter is Jitter.DECORRELATED:
-            return cap
-        try:
-            return min(cap, o.base * o.multiplier ** (max(retry, 1) - 1))
-        except OverflowError:  # multiplier ** n past float range: far beyond any cap
-            return cap
 
-    def floor(self, retry: int) -> float:
-        o = self._options
-        if o.jitter is Jitter.DECORRELATED:
-            return o.base
-        return _floor(self.ceiling(retry), o.jitter)
-
-    def delay(self, retry: int, previous: float | None, rng: Random) -> float:
-        o = self._options
-        if o.jitter is Jitter.DECORRELATED:
-            upper = max(o.base, 3.0 * (o.base if previous is None else previous))
-            return min(o.cap, MAX_DURATION, rng.uniform(o.base, upper))
-        return _jittered(self.ceiling(retry), o.jitter, rng)
-
-    @property
-    def max_delay(self) -> float:
-        return min(self._options.cap, MAX_DURATION)
-
-
-class ScheduleBackoff(Backoff):
-    __slots__ = ("_delays", "_options")
+class ScheduleBackoff(_RuleBackoff):
+    __slots__ = ("_options",)
 
     def __init__(self, options: ScheduleOptions) -> None:
         self._options = options
-        self._delays = tuple(options.delays)
+        self._rule = core.Schedule(tuple(options.delays), options.jitter)
 
     @property
     def options(self) -> ScheduleOptions:
         return self._options
-
-    def ceiling(self, retry: int) -> float:
-        delays = self._delays
-        return delays[min(max(retry, 1), len(delays)) - 1]
-
-    def floor(self, retry: int) -> float:
-        return _floor(self.ceiling(retry), self._options.jitter)
-
-    def delay(self, retry: int, previous: float | None, rng: Random) -> float:
-        return _jittered(self.ceiling(retry), self._options.jitter, rng)
-
-    @property
-    def max_delay(self) -> float:
-        return max(self._delays)
-
-
-def _floor(ceiling: float, jitter: Jitter) -> float:
-    if jitter is Jitter.FULL:
-        return 0.0
-    if jitter is Jitter.EQUAL:
-        return ceiling / 2.0
-    return ceiling

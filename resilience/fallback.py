@@ -14,28 +14,31 @@ Two policies:
 Both act on the errors chosen by ``on``: error classes, exception types, or a
 predicate. By default every error except a PERMANENT one (programming errors,
 4xx): a fallback should hide an unavailable dependency, not a bug.
+
+The wrapping closures are written once, in :mod:`resilience._async.fallback`;
+the sync ones are generated from it (:mod:`resilience._sync.fallback`).
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationInfo, field_validator
 
+from ._async import fallback as _async_fallback
 from ._clock import SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._policy import Policy
+from ._sync import fallback as _sync_fallback
 from ._validation import Count, OptionsModel, PolicyName, PositiveSeconds, build_options
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
 from .telemetry._hub import HUB
 from .telemetry.events import FallbackUsed
-from .telemetry.otel import CallObserver, observe_async, observe_sync
 
 __all__ = [
     "Cached",
@@ -47,8 +50,6 @@ __all__ = [
     "FallbackStatistics",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 T = TypeVar("T")
 
 FallbackOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool]
@@ -197,48 +198,8 @@ class Fallback(Policy):
             _report(self.name, exc, stale=False)
         return self._value if self._handler is None else self._handler(exc)
 
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
-        return observe_sync(self._protect_sync(fn), observer)
-
-    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
-        handles, substitute, counts = self._handles, self._substitute, self._counts
-        tick = counts.calls.__next__
-
-        def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
-            tick()
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if not handles(exc):
-                    raise
-                next(counts.failures)
-                return cast(R, substitute(exc))
-
-        return with_fallback
-
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        return observe_async(self._protect_async(fn), observer)
-
-    def _protect_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        handles, substitute, counts = self._handles, self._substitute, self._counts
-        tick = counts.calls.__next__
-
-        async def with_fallback(*args: P.args, **kwargs: P.kwargs) -> R:
-            tick()
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as exc:
-                if not handles(exc):
-                    raise
-                next(counts.failures)
-                result = substitute(exc)
-                if inspect.isawaitable(result):
-                    result = await result
-                return cast(R, result)
-
-        return with_fallback
+    wrap_sync = _sync_fallback.wrap_sync
+    wrap_async = _async_fallback.wrap_async
 
     def __repr__(self) -> str:
         what = f"handler={self._handler!r}" if self._handler else f"value={self._value!r}"
@@ -339,15 +300,16 @@ class CachedFallback(Policy):
             return None
         return (fn, key)
 
-    def _store(self, key: Hashable, value: Any) -> None:
-        if key is None:
-            return
-        with self._lock:
-            cache = self._cache
-            cache[key] = (self._clock.now(), value)
-            cache.move_to_end(key)
-            if len(cache) > self._max_entries:
-                cache.popitem(last=False)
+    def _remember(self, key: Hashable, value: T) -> Cached[T]:
+        """Keep ``value`` as ``key``'s last good result; returns it as the fresh answer."""
+        if key is not None:
+            with self._lock:
+                cache = self._cache
+                cache[key] = (self._clock.now(), value)
+                cache.move_to_end(key)
+                if len(cache) > self._max_entries:
+                    cache.popitem(last=False)
+        return Cached(value)
 
     def _serve(self, key: Hashable, exc: Exception) -> Cached[Any] | None:
         next(self._counts.failures)
@@ -368,59 +330,8 @@ class CachedFallback(Policy):
         return Cached(entry[1], stale=True, age=age, error=exc)
 
     # Wrapping changes the result type to Cached[R]: the Policy signature cannot say so.
-    def wrap_sync(
-        self, fn: Callable[P, R], observer: CallObserver | None = None
-    ) -> Callable[P, Any]:
-        return observe_sync(self._protect_sync(fn), observer)
-
-    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, Any]:
-        key_of, store, serve, handles = self._cache_key, self._store, self._serve, self._handles
-        tick = self._counts.calls.__next__
-
-        def with_cache(*args: P.args, **kwargs: P.kwargs) -> Cached[R]:
-            tick()
-            key = key_of(fn, args, kwargs)
-            try:
-                value = fn(*args, **kwargs)
-            except Exception as exc:
-                if not handles(exc):
-                    raise
-                cached = serve(key, exc)
-                if cached is None:
-                    raise
-                return cached
-            store(key, value)
-            return Cached(value)
-
-        return with_cache
-
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, Any]]:
-        return observe_async(self._protect_async(fn), observer)
-
-    def _protect_async(
-        self, fn: Callable[P, Awaitable[R]]
-    ) -> Callable[P, Coroutine[Any, Any, Any]]:
-        key_of, store, serve, handles = self._cache_key, self._store, self._serve, self._handles
-        tick = self._counts.calls.__next__
-
-        async def with_cache(*args: P.args, **kwargs: P.kwargs) -> Cached[R]:
-            tick()
-            key = key_of(fn, args, kwargs)
-            try:
-                value = await fn(*args, **kwargs)
-            except Exception as exc:
-                if not handles(exc):
-                    raise
-                cached = serve(key, exc)
-                if cached is None:
-                    raise
-                return cached
-            store(key, value)
-            return Cached(value)
-
-        return with_cache
+    wrap_sync = _sync_fallback.wrap_cached_sync  # type: ignore[assignment]
+    wrap_async = _async_fallback.wrap_cached_async  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"CachedFallback(max_age={self._max_age!r}, name={self.name!r})"

@@ -4,21 +4,22 @@
 at decoration time, so a call runs through a chain of closures with no loop
 over the policies and no per-call allocation; its cost is the sum of the
 policies' own fast paths. A pipeline is itself a policy, so pipelines nest.
+
+Wrapping and calling are written once, in :mod:`resilience._async.pipeline`;
+the sync forms are generated from it (:mod:`resilience._sync.pipeline`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
+from ._async import pipeline as _async_pipeline
 from ._policy import Policy
-from .telemetry.otel import CallObserver, observe_async, observe_sync
+from ._sync import pipeline as _sync_pipeline
 
 __all__ = ["Pipeline"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 # ``call``/``acall`` reuse the chain built for a function; bounded, since a
 # program may pass a fresh lambda or bound method each time.
@@ -44,27 +45,8 @@ class Pipeline(Policy):
         self._async_chains: dict[Callable[..., Any], Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    # One telemetry span for the whole pipeline: only the outermost policy gets
-    # the observer, so an observed call costs no extra frame and no nested spans.
-
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
-        if not self.policies:
-            return observe_sync(fn, observer)
-        outermost, *inner = self.policies
-        for policy in reversed(inner):
-            fn = policy.wrap_sync(fn)
-        return outermost.wrap_sync(fn, observer)
-
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        if not self.policies:
-            return observe_async(_as_coroutine_function(fn), observer)
-        outermost, *inner = self.policies
-        wrapped: Callable[P, Awaitable[R]] = fn
-        for policy in reversed(inner):
-            wrapped = policy.wrap_async(wrapped)
-        return outermost.wrap_async(wrapped, observer)
+    wrap_sync = _sync_pipeline.wrap_sync
+    wrap_async = _async_pipeline.wrap_async
 
     def _chain(
         self,
@@ -84,15 +66,8 @@ class Pipeline(Policy):
                 chains[fn] = chain
         return chain
 
-    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)`` through every policy of the pipeline."""
-        chain = self._chain(self._sync_chains, fn, self.wrap_sync)
-        return chain(*args, **kwargs)  # type: ignore[no-any-return]
-
-    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call and await ``fn(*args, **kwargs)`` through every policy of the pipeline."""
-        chain = self._chain(self._async_chains, fn, self.wrap_async)
-        return await chain(*args, **kwargs)  # type: ignore[no-any-return]
+    call = _sync_pipeline.call
+    acall = _async_pipeline.acall
 
     def __iter__(self) -> Iterator[Policy]:
         return iter(self.policies)
@@ -108,10 +83,3 @@ class Pipeline(Policy):
         return (
             f"Pipeline({inner}, name={self.name!r})" if inner else f"Pipeline(name={self.name!r})"
         )
-
-
-def _as_coroutine_function(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    async def passthrough(*args: P.args, **kwargs: P.kwargs) -> R:
-        return await fn(*args, **kwargs)
-
-    return passthrough

@@ -7,33 +7,38 @@ core in :mod:`resilience._core.bucket`; buckets live behind the
 
 Drivers
 -------
-* ``try_acquire`` never waits. With the in-memory store, a cost of one goes
-  through the store's fast path (one closure: a mutex, a clock read, a dict
-  lookup and the core's ``take_now``, no allocation); anything else is one
-  ``bucket_take`` call on the store.
+* ``try_acquire`` never waits. With a store that has the
+  :class:`~resilience.storage.buckets.FastTake` capability (the in-memory
+  ones), a cost of one goes through the store's fast path (one closure: a
+  mutex, a clock read, a dict lookup and the core's ``take_now``, no
+  allocation); anything else is one ``bucket_take`` call on the store.
 * ``acquire`` / ``aacquire`` reserve, then sleep: the store grants the tokens
   ahead of time and says how long to wait; the caller sleeps on the clock
   holding no lock. A caller that could not be served within its timeout is
   refused at once, with the exact ``retry_after``, and consumes nothing.
 * :meth:`RateLimiter.all` combines limits into one all-or-nothing acquisition.
+
+The waiting forms (``acquire``/``aacquire``, the decorators, ``with`` and
+``async with``) are written once, in :mod:`resilience._async.ratelimit`; the
+sync ones are generated from it (:mod:`resilience._sync.ratelimit`).
 """
 
 from __future__ import annotations
 
 import datetime
 import itertools
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ClassVar, ParamSpec, Self, TypeVar
+from typing import Any, ClassVar
 
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
+from ._async import ratelimit as _async_ratelimit
 from ._clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from ._core.bucket import BucketSpec, Decision, check_shape
 from ._counters import counter_value
-from ._deadline import remaining_time
 from ._policy import Policy
+from ._sync import ratelimit as _sync_ratelimit
 from ._validation import (
     MAX_COUNT,
     Count,
@@ -48,10 +53,9 @@ from ._validation import (
 )
 from .errors import ConfigurationError, RateLimitExceeded
 from .storage._guard import FailureMode, GuardedBucketStore
-from .storage.buckets import BucketRequest, BucketStore, MemoryBucketStore
+from .storage.buckets import BucketRequest, BucketStore, FastTake, MemoryBucketStore, plain_key
 from .telemetry._hub import HUB
 from .telemetry.events import RateLimitRejected, RateLimitWaited
-from .telemetry.otel import OTEL, CallObserver
 
 __all__ = [
     "CompositeLimit",
@@ -61,19 +65,13 @@ __all__ = [
     "RateLimiterStatistics",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 Key = str | None
 KeyFunction = Callable[..., Key]
 
 
-def _plain_key(key: object) -> str:
-    """A limiter key that is not a plain ``str`` or ``None``: a ``str`` subclass
-    becomes a plain ``str``; anything else is refused before it reaches a store."""
-    if isinstance(key, str):
-        return str.__str__(key)
-    raise TypeError(f"key: must be a str or None, got {type(key).__name__}")
+def _default_burst(rate: float) -> int:
+    """``rate`` rounded down, at least 1."""
+    return min(MAX_COUNT, max(1, int(rate)))
 
 
 class RateLimiterOptions(OptionsModel):
@@ -111,34 +109,17 @@ class RateLimiterOptions(OptionsModel):
 
     @field_validator("clock")
     @classmethod
-    def _check_clock(cls, value: Any, info: ValidationInfo) -> Any:
+    def _check_clock(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, Clock):
             raise ValueError(f"expected a Clock (now, sleep, asleep), got {value!r}")
-        store = info.data.get("store")
-        memory_clock = store._bucket_clock if isinstance(store, MemoryBucketStore) else value
-        if value is not None and value is not memory_clock:
-            raise ValueError(
-                "differs from the memory store's clock: give both the same clock "
-                "(MemoryBucketStore(clock)), or give it to the store only"
-            )
         return value
 
     @model_validator(mode="after")
-    def _fill_defaults(self) -> RateLimiterOptions:
-        # Frozen model: defaults that depend on other fields are set once, here.
-        if self.burst is None:
-            object.__setattr__(self, "burst", min(MAX_COUNT, max(1, int(self.rate))))
-        assert self.burst is not None
-        problem = check_shape(self.rate, self.per, self.burst)
+    def _check_shape(self) -> RateLimiterOptions:
+        burst = _default_burst(self.rate) if self.burst is None else self.burst
+        problem = check_shape(self.rate, self.per, burst)
         if problem is not None:
             raise DerivedError(*problem)
-        store, clock = self.store, self.clock
-        if store is None:
-            store = MemoryBucketStore(clock)
-        elif isinstance(store, MemoryBucketStore):
-            clock = store._bucket_clock  # the same as the limiter's, if it has one
-        object.__setattr__(self, "store", store)
-        object.__setattr__(self, "clock", SYSTEM_CLOCK if clock is None else clock)
         return self
 
 
@@ -178,72 +159,12 @@ class _Acquiring(Policy):
         """The in-memory take for one unkeyed token and the counter it ticks, if any."""
         return None, _nothing
 
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
-        acquire = self.acquire
-        take_one, hit = self._fast_path()
-
-        # One body, built twice: without an observer (what an observer calls
-        # inside its span) and with one; see resilience.telemetry.otel.
-        def build(observer: CallObserver | None) -> Callable[P, R]:
-            def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and OTEL.on:
-                    return observer.call_sync(unobserved, args, kwargs)
-                # The in-memory fast path inline, sparing a call to acquire().
-                if take_one is not None and take_one(None):
-                    hit()
-                else:
-                    acquire()
-                return fn(*args, **kwargs)
-
-            return limited
-
-        unobserved = build(None)
-        return unobserved if observer is None else build(observer)
-
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        aacquire = self.aacquire
-        take_one, hit = self._fast_path()
-
-        def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
-            async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and OTEL.on:
-                    return await observer.call_async(unobserved, args, kwargs)
-                if take_one is not None and take_one(None):
-                    hit()
-                else:
-                    await aacquire()
-                return await fn(*args, **kwargs)
-
-            return limited
-
-        unobserved = build(None)
-        return unobserved if observer is None else build(observer)
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        await self.aacquire()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
+    wrap_sync = _sync_ratelimit.wrap_sync
+    wrap_async = _async_ratelimit.wrap_async
+    __enter__ = _sync_ratelimit.__enter__
+    __exit__ = _sync_ratelimit.__exit__
+    __aenter__ = _async_ratelimit.__aenter__
+    __aexit__ = _async_ratelimit.__aexit__
 
 
 class RateLimiter(_Acquiring):
@@ -258,6 +179,7 @@ class RateLimiter(_Acquiring):
     __slots__ = (
         "__weakref__",
         "_acquired",
+        "_backend",
         "_clock",
         "_max_wait",
         "_owner",
@@ -282,6 +204,10 @@ class RateLimiter(_Acquiring):
         clock: Clock | None = None,
         on_store_failure: FailureMode = "fail_closed",
     ) -> None:
+        if store is None and (clock is None or isinstance(clock, Clock)):
+            # The default store is made here, so that the options carry it: a limiter
+            # rebuilt from them (from_options) shares its buckets.
+            store = MemoryBucketStore(clock)
         options = build_options(
             RateLimiterOptions,
             f"RateLimiter {name!r}",
@@ -297,30 +223,46 @@ class RateLimiter(_Acquiring):
         self._configure(options)
 
     def _configure(self, options: RateLimiterOptions) -> None:
-        assert options.burst is not None  # filled in by the options model
         self.options = options
         self.name = options.name
         self._owner = f"RateLimiter {options.name!r}"
-        self._spec = spec = BucketSpec.of(options.rate, options.per, options.burst)
+        burst = _default_burst(options.rate) if options.burst is None else options.burst
+        self._spec = spec = BucketSpec.of(options.rate, options.per, burst)
         # Every wait has a ceiling: "as long as it takes" is at most MAX_DURATION.
         max_wait = options.max_wait
         self._max_wait = MAX_DURATION if max_wait is None else min(max_wait, MAX_DURATION)
-        self._store: BucketStore = options.store
-        self._clock: Clock = options.clock
-        if not isinstance(options.store, MemoryBucketStore):
-            # A store that can fail: its calls go through the failure policy.
-            # (The memory store never fails; its fast path stays as it is.)
-            self._store = GuardedBucketStore(
-                options.store, options.on_store_failure, options.clock, self._owner
-            )
         self._acquired = itertools.count()
         self._rejected = itertools.count()
         self._waited = itertools.count()
-        # The in-memory store offers a fast path for the common cost of one.
-        store = options.store
+        store: BucketStore = (
+            MemoryBucketStore(options.clock) if options.store is None else options.store
+        )
+        self._backend = store
+        clock = options.clock
         self._take_one: Callable[[Key], bool] | None = None
-        if isinstance(store, MemoryBucketStore):
-            self._take_one = store._bucket_taker(options.name, spec.interval, spec.headroom)
+        if isinstance(store, FastTake):
+            # An in-process store: the fast path for a cost of one, on the store's clock,
+            # and no failure policy (it has no outages).
+            fast = store.bucket_fast_take(options.name, spec)
+            if clock is not None and clock is not fast.clock:
+                raise ConfigurationError(
+                    self._owner,
+                    [
+                        (
+                            "clock",
+                            "differs from the memory store's clock: give both the same clock "
+                            "(MemoryBucketStore(clock)), or give it to the store only",
+                        )
+                    ],
+                )
+            self._take_one, clock = fast.take, fast.clock
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._store = store
+        if self._take_one is None:
+            # A store that can fail: its calls go through the failure policy.
+            self._store = GuardedBucketStore(
+                store, options.on_store_failure, self._clock, self._owner
+            )
 
     # -- properties -------------------------------------------------------------------
 
@@ -338,7 +280,7 @@ class RateLimiter(_Acquiring):
 
     @property
     def store(self) -> BucketStore:
-        return self.options.store  # type: ignore[no-any-return]
+        return self._backend
 
     @property
     def clock(self) -> Clock:
@@ -380,7 +322,7 @@ class RateLimiter(_Acquiring):
     def try_acquire(self, key: Key = None, cost: int = 1) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if it has them now; never waits."""
         if key is not None and type(key) is not str:
-            key = _plain_key(key)
+            key = plain_key(key)
         take_one = self._take_one
         if cost == 1 and take_one is not None:
             granted = take_one(key)  # the in-memory fast path
@@ -410,89 +352,15 @@ class RateLimiter(_Acquiring):
             next(self._waited)
         next(self._acquired)
 
-    def acquire(
-        self, key: Key = None, cost: int = 1, timeout: float | datetime.timedelta | None = None
-    ) -> None:
-        """Take ``cost`` tokens, waiting up to ``timeout`` seconds (default: ``max_wait``).
-
-        Raises :class:`~resilience.RateLimitExceeded` at once, without waiting
-        and without taking anything, when the tokens would not be there in time.
-        No wait is longer than 1e9 s: a longer one is refused the same way.
-        """
-        if key is not None and type(key) is not str:
-            key = _plain_key(key)
-        max_wait = self._max_wait if timeout is None else self._wait_limit(timeout)
-        take_one = self._take_one
-        if cost == 1 and take_one is not None and take_one(key):
-            next(self._acquired)
-            return
-        self._check_cost(cost)
-        requests = (self._request(key, cost),)
-        decision = self._store.bucket_take(requests, _within_deadline(max_wait))
-        self._check_granted(decision, key)
-        if decision.wait > 0:
-            _sleep_or_refund(self._store, self._clock, requests, decision)
-        self._count_granted(decision.wait > 0)
-
-    async def aacquire(
-        self,
-        key: Key = None,
-        cost: int = 1,
-        timeout: float | datetime.timedelta | None = None,  # noqa: ASYNC109 - the contract's name
-    ) -> None:
-        """Take ``cost`` tokens, awaiting up to ``timeout`` seconds (default: ``max_wait``).
-
-        A task cancelled while it waits hands its reservation back if nobody
-        reserved after it; otherwise the tokens stay spent (erring on the safe
-        side).
-        """
-        if key is not None and type(key) is not str:
-            key = _plain_key(key)
-        max_wait = self._max_wait if timeout is None else self._wait_limit(timeout)
-        take_one = self._take_one
-        if cost == 1 and take_one is not None and take_one(key):
-            next(self._acquired)
-            return
-        self._check_cost(cost)
-        requests = (self._request(key, cost),)
-        decision = await self._store.abucket_take(requests, _within_deadline(max_wait))
-        self._check_granted(decision, key)
-        if decision.wait > 0:
-            await _asleep_or_refund(self._store, self._clock, requests, decision)
-        self._count_granted(decision.wait > 0)
+    acquire = _sync_ratelimit.acquire
+    aacquire = _async_ratelimit.aacquire
 
     # -- feedback and inspection ---------------------------------------------------------------
 
-    def penalize(self, seconds: float | datetime.timedelta, key: Key = None) -> None:
-        """Grant nothing from ``key``'s bucket for ``seconds`` (a server's Retry-After).
-
-        Everyone sharing the bucket (through the store) pauses. Afterwards the
-        bucket holds one token and refills at the normal rate. A pause longer
-        than 1e9 s (``inf`` included) is cut to 1e9 s.
-        """
-        if key is not None and type(key) is not str:
-            key = _plain_key(key)
-        pause = clamp_seconds(seconds, "seconds", self._owner)
-        self._store.bucket_penalize(self.name, key, self._spec, pause)
-
-    async def apenalize(self, seconds: float | datetime.timedelta, key: Key = None) -> None:
-        """:meth:`penalize`, for a store whose calls are awaited."""
-        if key is not None and type(key) is not str:
-            key = _plain_key(key)
-        pause = clamp_seconds(seconds, "seconds", self._owner)
-        await self._store.abucket_penalize(self.name, key, self._spec, pause)
-
-    def tokens(self, key: Key = None) -> float:
-        """Tokens ``key``'s bucket holds now (fractional while refilling)."""
-        if key is not None and type(key) is not str:
-            key = _plain_key(key)
-        return self._store.bucket_tokens(self.name, key, self._spec)
-
-    async def atokens(self, key: Key = None) -> float:
-        """:meth:`tokens`, for a store whose calls are awaited."""
-        if key is not None and type(key) is not str:
-            key = _plain_key(key)
-        return await self._store.abucket_tokens(self.name, key, self._spec)
+    penalize = _sync_ratelimit.penalize
+    apenalize = _async_ratelimit.apenalize
+    tokens = _sync_ratelimit.tokens
+    atokens = _async_ratelimit.atokens
 
     # -- binding and combining ------------------------------------------------------------------
 
@@ -509,7 +377,7 @@ class RateLimiter(_Acquiring):
         if not callable(key):
             self._check_cost(cost)
             if key is not None and type(key) is not str:
-                key = _plain_key(key)
+                key = plain_key(key)
         return Limit(self, key, cost, timeout)
 
     @staticmethod
@@ -527,8 +395,8 @@ class RateLimiter(_Acquiring):
     def __repr__(self) -> str:
         o = self.options
         return (
-            f"RateLimiter({o.name!r}, rate={o.rate!r}, per={o.per!r}, burst={o.burst!r}, "
-            f"store={self.options.store!r})"
+            f"RateLimiter({o.name!r}, rate={o.rate!r}, per={o.per!r}, "
+            f"burst={self._spec.burst!r}, store={self._backend!r})"
         )
 
 
@@ -558,7 +426,7 @@ class Limit(_Acquiring):
                 "or bind a key with limiter.limit(key)"
             )
         if key is not None and type(key) is not str:
-            key = _plain_key(key)
+            key = plain_key(key)
         return key
 
     def try_acquire(self) -> bool:
@@ -570,51 +438,8 @@ class Limit(_Acquiring):
     async def aacquire(self) -> None:
         await self.limiter.aacquire(self._key(), self.cost, self.timeout)
 
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
-        key = self.key
-        if not callable(key):
-            return super().wrap_sync(fn, observer)
-        key_of: KeyFunction = key
-        acquire, cost, timeout = self.limiter.acquire, self.cost, self.timeout
-
-        def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-            acquire(key_of(*args, **kwargs), cost, timeout)
-            return fn(*args, **kwargs)
-
-        if observer is None:
-            return limited
-
-        def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-            if OTEL.on:
-                return observer.call_sync(limited, args, kwargs)
-            acquire(key_of(*args, **kwargs), cost, timeout)
-            return fn(*args, **kwargs)
-
-        return observed
-
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        key = self.key
-        if not callable(key):
-            return super().wrap_async(fn, observer)
-        key_of: KeyFunction = key
-        aacquire, cost, timeout = self.limiter.aacquire, self.cost, self.timeout
-
-        async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-            await aacquire(key_of(*args, **kwargs), cost, timeout)
-            return await fn(*args, **kwargs)
-
-        if observer is None:
-            return limited
-
-        async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
-            if OTEL.on:
-                return await observer.call_async(limited, args, kwargs)
-            await aacquire(key_of(*args, **kwargs), cost, timeout)
-            return await fn(*args, **kwargs)
-
-        return observed
+    wrap_sync = _sync_ratelimit.wrap_limit_sync
+    wrap_async = _async_ratelimit.wrap_limit_async
 
     def __repr__(self) -> str:
         return f"Limit({self.name!r}, key={self.key!r}, cost={self.cost})"
@@ -701,59 +526,9 @@ class CompositeLimit(_Acquiring):
             HUB.emit(RateLimitRejected(self.name, None))
         return granted
 
-    def acquire(self, timeout: float | datetime.timedelta | None = None) -> None:
-        """Take from every bucket, waiting up to ``timeout`` (default: the limit's
-        ``timeout``, else the smallest ``max_wait``); raise at once if it would not do."""
-        decision = self._store.bucket_take(
-            self._requests, _within_deadline(self._max_wait(timeout))
-        )
-        self._check_granted(decision)
-        if decision.wait > 0:
-            _sleep_or_refund(self._store, self._clock, self._requests, decision)
-        self._count(True, decision.wait > 0)
-
-    async def aacquire(
-        self,
-        timeout: float | datetime.timedelta | None = None,  # noqa: ASYNC109 - as RateLimiter's
-    ) -> None:
-        """:meth:`acquire`, awaiting the store and the wait."""
-        decision = await self._store.abucket_take(
-            self._requests, _within_deadline(self._max_wait(timeout))
-        )
-        self._check_granted(decision)
-        if decision.wait > 0:
-            await _asleep_or_refund(self._store, self._clock, self._requests, decision)
-        self._count(True, decision.wait > 0)
+    acquire = _sync_ratelimit.acquire_all
+    aacquire = _async_ratelimit.aacquire_all
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{r.name}[{r.key!r}]x{r.cost}" for r in self._requests)
         return f"CompositeLimit({parts})"
-
-
-def _within_deadline(max_wait: float) -> float:
-    """``max_wait`` bounded by an enclosing Timeout's deadline: a waiter that could
-    not be served before it fails at once instead of sleeping past it."""
-    left = remaining_time()
-    return max_wait if left is None else min(max_wait, max(0.0, left))
-
-
-def _sleep_or_refund(
-    store: BucketStore, clock: Clock, requests: Sequence[BucketRequest], decision: Decision
-) -> None:
-    """Sleep until a reservation is due; if interrupted, hand it back, then re-raise."""
-    try:
-        clock.sleep(decision.wait)
-    except BaseException:
-        store.bucket_refund(requests, decision.reserved)
-        raise
-
-
-async def _asleep_or_refund(
-    store: BucketStore, clock: Clock, requests: Sequence[BucketRequest], decision: Decision
-) -> None:
-    """:func:`_sleep_or_refund` for asyncio: a cancelled waiter gives its tokens back."""
-    try:
-        await clock.asleep(decision.wait)
-    except BaseException:
-        await store.abucket_refund(requests, decision.reserved)
-        raise

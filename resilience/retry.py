@@ -1,46 +1,62 @@
 """Retry: call again after a failure, with classified errors and jittered backoff.
 
+Three layers, each in its own module:
+
+* the decision, pure: :mod:`resilience._core.retry` (and the backoff arithmetic,
+  :mod:`resilience._core.backoff`);
+* the drivers, written once in :mod:`resilience._async.retry` and generated into
+  :mod:`resilience._sync.retry`: the decorator's closures, the retry loop,
+  ``call``/``acall`` and the block form;
+* this facade: the public :class:`Retry` (options, statistics, hooks, events),
+  the per-call bookkeeping the drivers share, and :meth:`Retry.decide`, the
+  decision for callers that run the attempts themselves (job queues).
+
 The per-call path is built for speed: the decorator returns one closure that, on
 success, does nothing but call the function and tick an atomic counter. All
 retry bookkeeping lives in a :class:`_Call` object created on the first failure,
 so a ``Retry`` shared by many threads and tasks keeps no per-call state on
-itself. Sync and async drivers are thin loops around the same decision method,
-:meth:`Retry._next_delay`.
+itself. Every failure, in every form and in :meth:`Retry.decide`, is judged by
+the one method :meth:`Retry._judge`.
 """
 
 from __future__ import annotations
 
 import contextvars
+import datetime
 import itertools
 import math
 import random
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Iterator,
-    Mapping,
-)
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
-from pydantic import Field, field_validator
+from pydantic import SkipValidation, field_validator
 
-from ._clock import MAX_DURATION, SYSTEM_CLOCK, Clock
+from ._async import retry as _async_driver
+from ._clock import SYSTEM_CLOCK, Clock
+from ._core.retry import (
+    DEFAULT_RETRY_AFTER_CEILING,
+    NO_RESULT,
+    GiveUpReason,
+    RetryRules,
+    Waiting,
+    delay_ceiling,
+    hint_ceiling,
+)
 from ._counters import counter_value
-from ._deadline import DEADLINE, RawDeadline, remaining_time, tighter
+from ._deadline import DEADLINE, RawDeadline, tighter
 from ._policy import Policy
+from ._sync import retry as _sync_driver
 from ._testing_mode import TESTING_MODE
 from ._validation import (
     MAX_NAME_LENGTH,
     Count,
     OptionsModel,
     PolicyName,
-    PositiveSeconds,
-    build_options,
+    PositiveDuration,
+    options_from,
+    options_model,
 )
 from .backoff import Backoff
 from .classify import (
@@ -53,12 +69,13 @@ from .classify import (
 from .errors import ConfigurationError
 from .telemetry._hub import HUB
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
-from .telemetry.otel import OTEL, CallObserver, attempt_span
 
 __all__ = [
+    "DEFAULT_RETRY_AFTER_CEILING",
     "Attempt",
     "GiveUpReason",
     "Retry",
+    "RetryDecision",
     "RetryInfo",
     "RetryOptions",
     "RetryStatistics",
@@ -67,16 +84,6 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-GiveUpReason = Literal["not_retryable", "attempts", "deadline"]
-
-DEFAULT_RETRY_AFTER_CEILING = 300.0
-"""The longest wait a server's ``Retry-After`` (or a rejection's ``retry_after``)
-may ask for when neither ``max_delay`` nor the backoff sets a ceiling: constant,
-schedule and uncapped linear backoffs. A longer hint is capped to it (see
-docs/retry.md, "Deadline and Retry-After")."""
-
-_NO_RESULT: Any = object()
 
 
 def _coerce_backoff(value: Any, field: str, owner: str) -> Any:
@@ -96,30 +103,15 @@ def _coerce_backoff(value: Any, field: str, owner: str) -> Any:
 RetryOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool]
 
 
-class RetryOptions(OptionsModel):
-    """Validated options of a :class:`Retry`."""
+class RetryRulesModel(OptionsModel):
+    """What :class:`Retry`'s signature cannot say; ``RetryOptions`` derives from it."""
 
-    attempts: Count = 3
-    backoff: Backoff = Field(default_factory=lambda: Backoff.exponential(0.1, 10.0))
-    deadline: PositiveSeconds | None = None
-    max_delay: PositiveSeconds | None = None
-    retry_on: Any = None
-    backoff_by_class: dict[ErrorClass, Backoff] = Field(default_factory=dict)
-    respect_retry_after: bool = True
-    retry_if_result: Callable[[Any], bool] | None = None
-    classifier: Any = None
-    on_retry: Callable[[RetryInfo], object] | None = None
-    on_give_up: Callable[[RetryInfo], object] | None = None
-    name: PolicyName = "retry"
-    clock: Clock = SYSTEM_CLOCK
-    rng: random.Random | None = None
-
-    @field_validator("retry_on")
+    @field_validator("retry_on", check_fields=False)
     @classmethod
     def _check_retry_on(cls, value: Any) -> Any:
         return normalize_error_selector(value)
 
-    @field_validator("classifier")
+    @field_validator("classifier", check_fields=False)
     @classmethod
     def _check_classifier(cls, value: Any) -> Any:
         try:
@@ -127,6 +119,34 @@ class RetryOptions(OptionsModel):
         except (TypeError, ValueError) as error:
             raise ValueError(str(error)) from None
         return value
+
+    @field_validator("backoff", check_fields=False)
+    @classmethod
+    def _default_backoff(cls, value: Backoff | None) -> Backoff:
+        return Backoff.exponential(0.1, 10.0) if value is None else value
+
+    @field_validator("clock", check_fields=False)
+    @classmethod
+    def _default_clock(cls, value: Clock | None) -> Clock:
+        return SYSTEM_CLOCK if value is None else value
+
+    @field_validator("backoff_by_class", check_fields=False)
+    @classmethod
+    def _check_backoff_by_class(cls, value: Any) -> dict[ErrorClass, Backoff]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"must be a mapping of error class to Backoff, got {value!r}")
+        checked: dict[ErrorClass, Backoff] = {}
+        for key, backoff in value.items():
+            try:
+                error_class = ErrorClass(key)
+            except ValueError:
+                raise ValueError(f"{key!r} is not an error class") from None
+            if not isinstance(backoff, Backoff):
+                raise ValueError(f"{key}: expected a Backoff, got {type(backoff).__name__}")
+            checked[error_class] = backoff
+        return checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +163,23 @@ class RetryInfo:
     error_class: ErrorClass | None
     elapsed: float
     reason: GiveUpReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """What :meth:`Retry.decide` says after an attempt: retry (after ``delay``) or not."""
+
+    retry: bool
+    """Whether to make another attempt."""
+    delay: float | None
+    """Seconds to wait before it when retrying; ``None`` otherwise."""
+    error_class: ErrorClass | None
+    """The failure's class; ``None`` for a result (judged bad, or a success)."""
+    reason: GiveUpReason | None
+    """Why a failure is not retried; ``None`` when retrying, and on success."""
+
+
+_SUCCESS = RetryDecision(retry=False, delay=None, error_class=None, reason=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,21 +201,19 @@ class _Call:
 
     __slots__ = ("attempts", "error_class", "max_attempts", "previous_delay", "start")
 
-    def __init__(self, start: float, max_attempts: int) -> None:
-        self.attempts = 1
+    def __init__(
+        self,
+        start: float,
+        max_attempts: int,
+        attempts: int = 1,
+        previous_delay: float | None = None,
+    ) -> None:
+        self.attempts = attempts
+        """The number of the attempt that ran last (1-based)."""
         self.start = start
-        self.previous_delay: float | None = None
+        self.previous_delay = previous_delay
         self.error_class: ErrorClass | None = None
         self.max_attempts = max_attempts
-
-
-class _GiveUp(Exception):
-    """Internal control flow of the retry loop; never escapes it."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: GiveUpReason) -> None:
-        self.reason = reason
 
 
 class Retry(Policy):
@@ -192,21 +227,18 @@ class Retry(Policy):
     __slots__ = (
         "__weakref__",
         "_attempts",
-        "_backoff",
-        "_backoff_by_class",
         "_classify",
         "_clock",
         "_deadline",
-        "_delay_ceiling",
         "_fast_successes",
         "_give_ups",
         "_on_give_up",
         "_on_retry",
         "_retries",
-        "_retry_after_ceiling",
         "_retry_if_result",
         "_retryable",
         "_rng",
+        "_rules",
         "_slow_calls",
         "_slow_successes",
         "name",
@@ -216,61 +248,58 @@ class Retry(Policy):
     def __init__(
         self,
         *,
-        attempts: int = 3,
+        attempts: Count = 3,
         backoff: Backoff | Mapping[str, Any] | None = None,
-        deadline: float | Any | None = None,
-        max_delay: float | Any | None = None,
-        retry_on: RetryOn | None = None,
-        backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None = None,
+        deadline: PositiveDuration | None = None,
+        max_delay: PositiveDuration | None = None,
+        retry_on: SkipValidation[RetryOn | None] = None,
+        backoff_by_class: SkipValidation[
+            Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None
+        ] = None,
         respect_retry_after: bool = True,
         retry_if_result: Callable[[Any], bool] | None = None,
-        classifier: ClassifierLike | Iterable[ClassifierLike] = None,
+        classifier: SkipValidation[ClassifierLike | Iterable[ClassifierLike]] = None,
         on_retry: Callable[[RetryInfo], object] | None = None,
         on_give_up: Callable[[RetryInfo], object] | None = None,
-        name: str = "retry",
+        name: PolicyName = "retry",
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        values: dict[str, Any] = {
-            "attempts": attempts,
-            "deadline": deadline,
-            "max_delay": max_delay,
-            "retry_on": retry_on,
-            "respect_retry_after": respect_retry_after,
-            "retry_if_result": retry_if_result,
-            "classifier": classifier,
-            "on_retry": on_retry,
-            "on_give_up": on_give_up,
-            "name": name,
-            "clock": SYSTEM_CLOCK if clock is None else clock,
-            "rng": rng,
-        }
+        """Each option is declared here once; ``RetryOptions`` is derived from it."""
         owner = f"Retry {name!r}"
+        # A backoff may come as a mapping (from a document): built here, so that an
+        # error inside it names the nested field (``backoff.base``).
         if backoff is not None:
-            values["backoff"] = _coerce_backoff(backoff, "backoff", owner)
-        if backoff_by_class is not None:
-            values["backoff_by_class"] = {
+            backoff = _coerce_backoff(backoff, "backoff", owner)
+        if backoff_by_class is not None and isinstance(backoff_by_class, Mapping):
+            backoff_by_class = {
                 key: _coerce_backoff(value, f"backoff_by_class.{key}", owner)
                 for key, value in backoff_by_class.items()
             }
-        self._configure(build_options(RetryOptions, owner, **values))
+        self._configure(options_from(RetryOptions, owner, locals()))
 
-    def _configure(self, options: RetryOptions) -> None:
+    def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
         self._attempts = options.attempts
-        self._backoff = options.backoff
-        self._backoff_by_class = dict(options.backoff_by_class)
         self._deadline = options.deadline
         max_delay = options.max_delay
-        # No wait is ever longer than max_delay, nor than MAX_DURATION (inf included).
-        self._delay_ceiling = MAX_DURATION if max_delay is None else min(max_delay, MAX_DURATION)
-        # A server's Retry-After is honoured up to the backoff's own cap (for the
-        # backoff of the error's class); see _hint_ceiling.
-        self._retry_after_ceiling = {
-            backoff: self._hint_ceiling(backoff)
-            for backoff in (options.backoff, *options.backoff_by_class.values())
-        }
+
+        # A server's Retry-After is honoured up to the cap of the backoff of the
+        # error's class (and max_delay): see hint_ceiling.
+        def waiting(backoff: Backoff) -> Waiting:
+            cap = getattr(backoff.options, "cap", math.inf)
+            return Waiting(backoff.rule, hint_ceiling(cap, max_delay))
+
+        default = waiting(options.backoff)
+        own = {key: waiting(backoff) for key, backoff in options.backoff_by_class.items()}
+        self._rules = RetryRules(
+            waiting_by_class={key: own.get(key, default) for key in (None, *ErrorClass)},
+            # No wait is ever longer than max_delay, nor than MAX_DURATION (inf included).
+            delay_ceiling=delay_ceiling(max_delay),
+            respect_retry_after=options.respect_retry_after,
+            deadline=options.deadline,
+        )
         self._classify = make_classifier(options.classifier)
         self._retryable = error_filter(options.retry_on, self._classify)
         self._retry_if_result = options.retry_if_result
@@ -337,7 +366,7 @@ class Retry(Policy):
             give_ups=counter_value(self._give_ups),
         )
 
-    # -- the decision shared by every driver ------------------------------------------
+    # -- per-call bookkeeping, shared by every driver and by decide() -------------------
 
     def _deadline_scope(self, start: float) -> contextvars.Token[RawDeadline | None] | None:
         """Make this retry's own deadline the ambient one for the call, so that what
@@ -347,6 +376,17 @@ class Retry(Policy):
             return None
         return DEADLINE.set(tighter(start, self._deadline, self._clock, self.name))
 
+    def _enclosing_remaining(self) -> float | None:
+        """What an enclosing deadline leaves, or None: the retry's own deadline is
+        judged from the elapsed time alone, exactly as :meth:`decide` judges it
+        (the absolute times of a clock far from zero would round differently)."""
+        deadline = DEADLINE.get()
+        if deadline is None:
+            return None
+        if deadline[2] == self.name and deadline[3] == self._deadline:
+            return None  # the scope this retry set itself (see _deadline_scope)
+        return deadline[0] - deadline[1].now()
+
     def _start_call(self, start: float | None) -> _Call:
         next(self._slow_calls)
         return _Call(
@@ -354,49 +394,53 @@ class Retry(Policy):
             TESTING_MODE.cap(self._attempts),
         )
 
-    def _hint_ceiling(self, backoff: Backoff) -> float:
-        """The longest wait a server's hint may ask for, with this backoff: the
-        backoff's cap and ``max_delay``, whichever is smaller; without either,
-        :data:`DEFAULT_RETRY_AFTER_CEILING`."""
-        cap = getattr(backoff.options, "cap", math.inf)
-        if not math.isfinite(cap):
-            cap = math.inf if self.options.max_delay is not None else DEFAULT_RETRY_AFTER_CEILING
-        return min(cap, self._delay_ceiling)
-
-    def _next_delay(self, call: _Call, exc: BaseException | None, result: Any) -> float:
-        """After a failed attempt: the delay before the next one, or raise ``_GiveUp``."""
-        retry_after: float | None = None
-        if exc is not None:
-            classification = self._classify(exc)
-            call.error_class = classification.error_class
-            if not self._retryable(exc, classification):
-                raise _GiveUp("not_retryable")
-            retry_after = classification.retry_after
+    def _judge(
+        self,
+        call: _Call,
+        exc: BaseException | None,
+        result: Any,
+        elapsed: float,
+        remaining: float | None,
+    ) -> float | GiveUpReason:
+        """After ``call``'s last attempt failed (raised ``exc``, or returned a
+        ``result`` judged bad): the delay before the next attempt, or the reason
+        to give up. Calls the hook and emits the event of either outcome, and
+        counts a give-up. ``elapsed``: seconds since the call began; ``remaining``:
+        what an enclosing deadline leaves (``None``: none)."""
+        if exc is None:
+            call.error_class = error_class = None
+            retryable, retry_after = True, None
         else:
-            call.error_class = None
-        if call.attempts >= call.max_attempts:
-            raise _GiveUp("attempts")
-        backoff = self._backoff_by_class.get(call.error_class, self._backoff)  # type: ignore[arg-type]
-        delay = backoff.delay(call.attempts, call.previous_delay, self._rng)
-        if not delay <= self._delay_ceiling:  # NaN from a custom backoff too
-            delay = self._delay_ceiling if delay > 0 else 0.0
-        # A hint that is not a number >= 0 (NaN, negative) is no hint; inf is capped.
-        if retry_after is not None and self.options.respect_retry_after and retry_after > delay:
-            delay = max(delay, min(retry_after, self._retry_after_ceiling[backoff]))
-        if self._deadline is not None:
-            elapsed = self._clock.now() - call.start
-            if elapsed + delay >= self._deadline:  # no time would be left to try
-                raise _GiveUp("deadline")
-        # An enclosing Timeout's deadline: never sleep into it (no time would be left).
-        left = remaining_time()
-        if left is not None and delay >= left:
-            raise _GiveUp("deadline")
+            classification = self._classify(exc)
+            call.error_class = error_class = classification.error_class
+            # Only Exception subclasses are retried (a loop never sees the others).
+            retryable = isinstance(exc, Exception) and self._retryable(exc, classification)
+            retry_after = classification.retry_after
+        delay = self._rules.next_delay(
+            call.attempts,
+            call.max_attempts,
+            retryable,
+            error_class,
+            retry_after,
+            call.previous_delay,
+            elapsed,
+            remaining,
+            self._rng,
+        )
+        if isinstance(delay, str):  # a give-up reason
+            next(self._give_ups)
+            if self._on_give_up is not None:
+                self._on_give_up(self._info(call, None, exc, result, delay, elapsed))
+            if HUB.active:
+                value = None if error_class is None else error_class.value
+                HUB.emit(GaveUp(self.name, call.attempts, elapsed, delay, value, exc))
+            return delay
         call.previous_delay = delay
         if self._on_retry is not None:
-            self._on_retry(self._info(call, delay, exc, result, None))
+            self._on_retry(self._info(call, delay, exc, result, None, elapsed))
         if HUB.active:
-            error_class = None if call.error_class is None else call.error_class.value
-            HUB.emit(RetryScheduled(self.name, call.attempts, delay, error_class, exc))
+            value = None if error_class is None else error_class.value
+            HUB.emit(RetryScheduled(self.name, call.attempts, delay, value, exc))
         return delay
 
     def _begin_attempt(self, call: _Call) -> None:
@@ -414,33 +458,32 @@ class Retry(Policy):
         exc: BaseException | None,
         result: Any,
         reason: GiveUpReason | None,
+        elapsed: float,
     ) -> RetryInfo:
         return RetryInfo(
             name=self.name,
             attempt=call.attempts,
             delay=delay,
             exception=exc,
-            result=None if result is _NO_RESULT else result,
+            result=None if result is NO_RESULT else result,
             error_class=call.error_class,
-            elapsed=self._clock.now() - call.start,
+            elapsed=elapsed,
             reason=reason,
         )
 
-    def _give_up(
-        self, call: _Call, reason: GiveUpReason, exc: BaseException | None, result: Any
+    def _finish(
+        self,
+        call: _Call,
+        reason: GiveUpReason,
+        exc: BaseException | None,
+        result: Any,
+        elapsed: float,
     ) -> Any:
-        """Finish a failed call: re-raise the last exception, or return the last result."""
-        next(self._give_ups)
-        if self._on_give_up is not None:
-            self._on_give_up(self._info(call, None, exc, result, reason))
-        if HUB.active:
-            error_class = None if call.error_class is None else call.error_class.value
-            elapsed = self._clock.now() - call.start
-            HUB.emit(GaveUp(self.name, call.attempts, elapsed, reason, error_class, exc))
+        """End a call :meth:`_judge` gave up on: re-raise the last exception (with a
+        note, once it was retried or could have been), or return the last result."""
         if exc is None:
             return result
         if call.attempts > 1 or reason != "not_retryable":
-            elapsed = self._clock.now() - call.start
             why = {
                 "not_retryable": "error not retryable",
                 "attempts": "attempts exhausted",
@@ -452,289 +495,85 @@ class Retry(Policy):
             )
         raise exc
 
-    def _should_sleep(self) -> bool:
-        return not TESTING_MODE.active
+    # -- the decision, for callers that run the attempts themselves ---------------------
 
-    # -- sync and async drivers -------------------------------------------------------
-
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
-        hit = self._fast_successes.__next__
-        retry_rest = self._retry_rest_sync
-        check = self._retry_if_result
-        now = self._clock.now
-        deadline, clock, name = self._deadline, self._clock, self.name
-        get_deadline, set_deadline = DEADLINE.get, DEADLINE.set
-        simple = self._deadline is None and check is None
-
-        # One body, built twice: without an observer (what an observer calls
-        # inside its span) and with one. The test for an OpenTelemetry SDK is
-        # written inline because a function call would cost more than it does.
-        def build(observer: CallObserver | None) -> Callable[P, R]:
-            # Read the clock up front only when a deadline needs it: the success
-            # path of a plain retry then costs one call and one counter tick.
-            if simple:
-
-                def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-                    if observer is not None and OTEL.on:
-                        return observer.call_sync(unobserved, args, kwargs)
-                    try:
-                        result = fn(*args, **kwargs)
-                    except Exception as exc:
-                        failure = exc
-                    else:
-                        hit()
-                        return result
-                    return retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
-
-                return retrying
-
-            def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and OTEL.on:
-                    return observer.call_sync(unobserved, args, kwargs)
-                start = now()
-                # This retry's deadline flows inward (see _deadline_scope), built
-                # inline: this runs on the success path of every call.
-                if deadline is None:
-                    scope = None
-                elif get_deadline() is None:
-                    scope = set_deadline((start + deadline, clock, name, deadline))
-                else:
-                    scope = set_deadline(tighter(start, deadline, clock, name))
-                try:
-                    try:
-                        result = fn(*args, **kwargs)
-                    except Exception as exc:
-                        failure = exc
-                    else:
-                        if check is None or not check(result):
-                            hit()
-                            return result
-                        return retry_rest(fn, args, kwargs, None, result, start)
-                    return retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
-                finally:
-                    if scope is not None:
-                        DEADLINE.reset(scope)
-
-            return retrying_checked
-
-        unobserved = build(None)
-        return unobserved if observer is None else build(observer)
-
-    def _retry_rest_sync(
+    def decide(
         self,
-        fn: Callable[..., R],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException | None,
-        result: Any,
-        start: float | None,
-    ) -> R:
-        call = self._start_call(start)
-        check = self._retry_if_result
-        sleep = self._clock.sleep
-        while True:
-            try:
-                delay = self._next_delay(call, exc, result)
-            except _GiveUp as give_up:
-                reason = give_up.reason
-                break
-            if delay > 0 and self._should_sleep():
-                sleep(delay)
-            self._begin_attempt(call)
-            try:
-                with attempt_span(self.name, call.attempts):
-                    value = fn(*args, **kwargs)
-            except Exception as error:
-                exc, result = error, _NO_RESULT
-                continue
-            exc, result = None, value
-            if check is None or not check(value):
-                next(self._slow_successes)
-                return value
-        return self._give_up(call, reason, exc, result)  # type: ignore[no-any-return]
+        attempt: int,
+        exception: BaseException | None = None,
+        *,
+        result: Any = NO_RESULT,
+        elapsed: float | datetime.timedelta = 0.0,
+        previous_delay: float | datetime.timedelta | None = None,
+    ) -> RetryDecision:
+        """After attempt number ``attempt`` (1 = the first call) raised ``exception``
+        or returned ``result``: retry, after how long, or stop, and why.
 
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        hit = self._fast_successes.__next__
-        retry_rest = self._retry_rest_async
-        check = self._retry_if_result
-        now = self._clock.now
-        deadline, clock, name = self._deadline, self._clock, self.name
-        get_deadline, set_deadline = DEADLINE.get, DEADLINE.set
-        simple = self._deadline is None and check is None
+        For callers that run the attempts themselves, across processes and
+        restarts (durable jobs, task queues): the decision depends on its
+        arguments, the options and the policy's ``rng`` only. ``elapsed`` is the
+        time since the first attempt began (the ``deadline`` counts from there);
+        ``previous_delay`` the delay this returned last time (only decorrelated
+        jitter reads it). It honours ``retry_on``, ``retry_if_result``,
+        ``backoff_by_class``, Retry-After, ``max_delay`` and ``deadline`` exactly
+        as the in-process loop does (an enclosing ``Timeout`` and testing mode
+        are the loop's alone), calls ``on_retry`` or ``on_give_up``, emits
+        ``RetryScheduled`` or ``GaveUp``, and counts in :attr:`statistics`.
 
-        def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
-            if simple:
+        An attempt that neither raised nor returned a result ``retry_if_result``
+        rejects is a success: ``retry=False`` and ``reason=None``.
+        """
+        attempt = self._decide_argument_attempt(attempt)
+        seconds = self._decide_argument_seconds("elapsed", elapsed)
+        previous = (
+            None
+            if previous_delay is None
+            else self._decide_argument_seconds("previous_delay", previous_delay)
+        )
+        if exception is not None:
+            if not isinstance(exception, BaseException):
+                self._refuse_argument("exception", f"must be an exception, got {exception!r}")
+            if result is not NO_RESULT:
+                self._refuse_argument("result", "an attempt raised or returned, not both")
+        else:
+            check = self._retry_if_result
+            if result is NO_RESULT or check is None or not check(result):
+                next(self._fast_successes if attempt == 1 else self._slow_successes)
+                return _SUCCESS
+        if attempt == 1:
+            next(self._slow_calls)
+        call = _Call(math.nan, self._attempts, attempt, previous)  # decide reads no clock
+        delay = self._judge(call, exception, result, seconds, None)
+        if isinstance(delay, str):  # a give-up reason
+            return RetryDecision(False, None, call.error_class, delay)
+        next(self._retries)  # the caller makes the next attempt: count it now
+        return RetryDecision(True, delay, call.error_class, None)
 
-                async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
-                    if observer is not None and OTEL.on:
-                        return await observer.call_async(unobserved, args, kwargs)
-                    try:
-                        result = await fn(*args, **kwargs)
-                    except Exception as exc:
-                        failure = exc
-                    else:
-                        hit()
-                        return result
-                    return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, None)
+    def _decide_argument_attempt(self, attempt: Any) -> int:
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            self._refuse_argument("attempt", f"must be an integer >= 1, got {attempt!r}")
+        return int(attempt)
 
-                return retrying
+    def _decide_argument_seconds(self, argument: str, value: Any) -> float:
+        if isinstance(value, datetime.timedelta):
+            value = value.total_seconds()
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self._refuse_argument(argument, f"must be a number of seconds, got {value!r}")
+        if not (0.0 <= value < math.inf):  # NaN too
+            self._refuse_argument(argument, f"must be finite and >= 0 seconds, got {value!r}")
+        return float(value)
 
-            async def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
-                if observer is not None and OTEL.on:
-                    return await observer.call_async(unobserved, args, kwargs)
-                start = now()
-                # This retry's deadline flows inward (see _deadline_scope), built
-                # inline: this runs on the success path of every call.
-                if deadline is None:
-                    scope = None
-                elif get_deadline() is None:
-                    scope = set_deadline((start + deadline, clock, name, deadline))
-                else:
-                    scope = set_deadline(tighter(start, deadline, clock, name))
-                try:
-                    try:
-                        result = await fn(*args, **kwargs)
-                    except Exception as exc:
-                        failure = exc
-                    else:
-                        if check is None or not check(result):
-                            hit()
-                            return result
-                        return await retry_rest(fn, args, kwargs, None, result, start)
-                    return await retry_rest(fn, args, kwargs, failure, _NO_RESULT, start)
-                finally:
-                    if scope is not None:
-                        DEADLINE.reset(scope)
+    def _refuse_argument(self, argument: str, message: str) -> None:
+        raise ConfigurationError(f"Retry {self.name!r} decide()", [(argument, message)])
 
-            return retrying_checked
+    # -- the drivers: resilience._async.retry, and resilience._sync.retry generated from it
 
-        unobserved = build(None)
-        return unobserved if observer is None else build(observer)
-
-    async def _retry_rest_async(
-        self,
-        fn: Callable[..., Awaitable[R]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException | None,
-        result: Any,
-        start: float | None,
-    ) -> R:
-        call = self._start_call(start)
-        check = self._retry_if_result
-        asleep = self._clock.asleep
-        while True:
-            try:
-                delay = self._next_delay(call, exc, result)
-            except _GiveUp as give_up:
-                reason = give_up.reason
-                break
-            if delay > 0 and self._should_sleep():
-                await asleep(delay)
-            self._begin_attempt(call)
-            try:
-                with attempt_span(self.name, call.attempts):
-                    value = await fn(*args, **kwargs)
-            except Exception as error:
-                exc, result = error, _NO_RESULT
-                continue
-            exc, result = None, value
-            if check is None or not check(value):
-                next(self._slow_successes)
-                return value
-        return self._give_up(call, reason, exc, result)  # type: ignore[no-any-return]
-
-    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)``, retrying as configured."""
-        start = self._clock.now()
-        scope = self._deadline_scope(start)
-        try:
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                # Leave the except block first: retrying inside it would chain every
-                # later exception to this one through __context__.
-                failure = exc
-            else:
-                check = self._retry_if_result
-                if check is not None and check(result):
-                    return self._retry_rest_sync(fn, args, kwargs, None, result, start)
-                next(self._fast_successes)
-                return result
-            return self._retry_rest_sync(fn, args, kwargs, failure, _NO_RESULT, start)
-        finally:
-            if scope is not None:
-                DEADLINE.reset(scope)
-
-    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call and await ``fn(*args, **kwargs)``, retrying as configured."""
-        start = self._clock.now()
-        scope = self._deadline_scope(start)
-        try:
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            else:
-                check = self._retry_if_result
-                if check is not None and check(result):
-                    return await self._retry_rest_async(fn, args, kwargs, None, result, start)
-                next(self._fast_successes)
-                return result
-            return await self._retry_rest_async(fn, args, kwargs, failure, _NO_RESULT, start)
-        finally:
-            if scope is not None:
-                DEADLINE.reset(scope)
-
-    # -- block form: ``for attempt in retry: with attempt: ...`` ------------------------
-
-    def __iter__(self) -> Iterator[Attempt]:
-        start = self._clock.now()
-        attempt = Attempt(1)
-        yield attempt
-        if attempt._succeeded(self._retry_if_result):
-            next(self._fast_successes)
-            return
-        call = self._start_call(start)
-        while True:
-            try:
-                delay = self._next_delay(call, attempt._exception, attempt._result)
-            except _GiveUp as give_up:
-                self._give_up(call, give_up.reason, attempt._exception, attempt._result)
-                return
-            if delay > 0 and self._should_sleep():
-                self._clock.sleep(delay)
-            self._begin_attempt(call)
-            attempt = Attempt(call.attempts)
-            yield attempt
-            if attempt._succeeded(self._retry_if_result):
-                next(self._slow_successes)
-                return
-
-    async def __aiter__(self) -> AsyncIterator[Attempt]:
-        start = self._clock.now()
-        attempt = Attempt(1)
-        yield attempt
-        if attempt._succeeded(self._retry_if_result):
-            next(self._fast_successes)
-            return
-        call = self._start_call(start)
-        while True:
-            try:
-                delay = self._next_delay(call, attempt._exception, attempt._result)
-            except _GiveUp as give_up:
-                self._give_up(call, give_up.reason, attempt._exception, attempt._result)
-                return
-            if delay > 0 and self._should_sleep():
-                await self._clock.asleep(delay)
-            self._begin_attempt(call)
-            attempt = Attempt(call.attempts)
-            yield attempt
-            if attempt._succeeded(self._retry_if_result):
-                next(self._slow_successes)
-                return
+    wrap_sync = _sync_driver.wrap_sync
+    wrap_async = _async_driver.wrap_async
+    call = _sync_driver.call
+    acall = _async_driver.acall
+    __iter__ = _sync_driver.iterate_attempts
+    __aiter__ = _async_driver.iterate_attempts
 
     def __repr__(self) -> str:
         o = self.options
@@ -742,6 +581,9 @@ class Retry(Policy):
             f"Retry(name={o.name!r}, attempts={o.attempts}, backoff={o.backoff!r}, "
             f"deadline={o.deadline!r})"
         )
+
+
+RetryOptions = options_model(Retry.__init__, "RetryOptions", RetryRulesModel)
 
 
 class Attempt:
@@ -757,7 +599,7 @@ class Attempt:
     def __init__(self, number: int) -> None:
         self.number = number
         self._exception: BaseException | None = None
-        self._result: Any = _NO_RESULT
+        self._result: Any = NO_RESULT
 
     def set_result(self, value: Any) -> None:
         """Record the attempt's result, for ``retry_if_result`` to judge."""
@@ -766,7 +608,7 @@ class Attempt:
     def _succeeded(self, check: Callable[[Any], bool] | None) -> bool:
         if self._exception is not None:
             return False
-        return check is None or self._result is _NO_RESULT or not check(self._result)
+        return check is None or self._result is NO_RESULT or not check(self._result)
 
     def __enter__(self) -> Attempt:
         return self
@@ -803,9 +645,27 @@ class Attempt:
 def with_retry(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
+# The keywords of Retry(), spelled out for type checkers: tests/test_retry_options.py
+# holds this list equal to Retry.__init__'s, name for name and type for type.
 @overload
 def with_retry(
-    fn: None = None, /, **options: Any
+    fn: None = None,
+    /,
+    *,
+    attempts: int = ...,
+    backoff: Backoff | Mapping[str, Any] | None = ...,
+    deadline: float | datetime.timedelta | None = ...,
+    max_delay: float | datetime.timedelta | None = ...,
+    retry_on: RetryOn | None = ...,
+    backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None = ...,
+    respect_retry_after: bool = ...,
+    retry_if_result: Callable[[Any], bool] | None = ...,
+    classifier: ClassifierLike | Iterable[ClassifierLike] = ...,
+    on_retry: Callable[[RetryInfo], object] | None = ...,
+    on_give_up: Callable[[RetryInfo], object] | None = ...,
+    name: str = ...,
+    clock: Clock | None = ...,
+    rng: random.Random | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -815,6 +675,10 @@ def with_retry(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
 
     The wrapper's ``.policy`` attribute is the :class:`Retry`, for its statistics.
     """
+
+    unknown = sorted(set(options) - set(RetryOptions.model_fields))
+    if unknown:  # at once, not when the decorator is applied
+        raise TypeError(f"with_retry() got an unexpected keyword argument {unknown[0]!r}")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         settings = dict(options)

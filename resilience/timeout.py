@@ -13,6 +13,10 @@
   stops waiting at the deadline. The thread cannot be stopped and keeps
   running to the end; its result is dropped and a warning is logged.
 
+The async and cooperative drivers are written once, in
+:mod:`resilience._async.timeout` (the sync one is generated from it,
+:mod:`resilience._sync.timeout`); the thread mode is here.
+
 In every mode the budget is bounded by an enclosing ``Timeout``'s deadline.
 ``seconds`` is at most 1e9 (or ``inf``, no limit); a wait handed to
 ``asyncio.timeout`` or ``Future.result`` never exceeds the platform's limit
@@ -21,26 +25,27 @@ In every mode the budget is bounded by an enclosing ``Timeout``'s deadline.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import itertools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from ._async import timeout as _async_timeout
 from ._clock import SYSTEM_CLOCK, Clock, safe_wait
 from ._counters import counter_value
 from ._deadline import DEADLINE, RawDeadline, tighter
 from ._policy import Policy
+from ._sync import timeout as _sync_timeout
 from ._validation import OptionsModel, PolicyName, PositiveSeconds, build_options
 from .errors import TimeoutExceeded
 from .telemetry._hub import HUB
-from .telemetry.events import TimeoutExpired
-from .telemetry.otel import CallObserver, observe_async, observe_sync
+from .telemetry.events import TimeoutExpired, TimeoutThreadAbandoned
+from .telemetry.otel import CallObserver, observe_sync
 
 __all__ = ["Timeout", "TimeoutMode", "TimeoutOptions", "TimeoutStatistics"]
 
@@ -148,43 +153,16 @@ class Timeout(Policy):
         error.__cause__ = cause
         return error
 
-    # -- sync -----------------------------------------------------------------------
+    # -- drivers --------------------------------------------------------------------
 
     def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
-        return observe_sync(self._protect_sync(fn), observer)
-
-    def _protect_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self.mode == "thread":
-            return self._wrap_thread(fn)
-        seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
-        expired, passed_through = self._expired, self._passed_through
-        now, get = clock.now, DEADLINE.get
+            return observe_sync(self._wrap_thread(fn), observer)
+        return _sync_timeout.wrap_sync(self, fn, observer)
 
-        def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            tick()
-            start = now()
-            # No enclosing deadline is the common case: build ours inline.
-            if get() is None:
-                deadline: RawDeadline = (start + seconds, clock, name, seconds)
-            else:
-                deadline = tighter(start, seconds, clock, name)
-            token = DEADLINE.set(deadline)
-            try:
-                result = fn(*args, **kwargs)
-            except TimeoutExceeded:
-                passed_through(deadline)
-                raise
-            except Exception as exc:
-                if clock.now() > deadline[0]:
-                    raise expired(deadline[3], exc) from exc
-                raise
-            finally:
-                DEADLINE.reset(token)
-            if now() > deadline[0]:
-                raise expired(deadline[3])
-            return result
+    wrap_async = _async_timeout.wrap_async
 
-        return timed
+    # Thread mode: sync only (async code is cancelled by the event loop instead).
 
     def _wrap_thread(self, fn: Callable[P, R]) -> Callable[P, R]:
         seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
@@ -213,55 +191,12 @@ class Timeout(Policy):
                 if future.done():
                     raise  # the call's own TimeoutError (the same class since 3.11)
                 next(self._abandoned)
-                _log.warning(
-                    "timeout %r: stopped waiting after %.3fs; the call keeps running in "
-                    "thread %r and its result will be dropped",
-                    name,
-                    deadline[3],
-                    worker.name,
-                )
+                telemetry = self.telemetry
+                if telemetry.wants(TimeoutThreadAbandoned):
+                    telemetry.emit(TimeoutThreadAbandoned(name, deadline[3], worker.name))
                 raise self._expired(deadline[3]) from None
 
         return timed_in_thread
-
-    # -- async ----------------------------------------------------------------------
-
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        return observe_async(self._protect_async(fn), observer)
-
-    def _protect_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        seconds, clock, name, tick = self._seconds, self._clock, self.name, self._calls.__next__
-        expired, passed_through = self._expired, self._passed_through
-
-        async def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            tick()
-            deadline = tighter(clock.now(), seconds, clock, name)
-            token = DEADLINE.set(deadline)
-            try:
-                # The event loop's timer cancels the call; the check after it makes
-                # a virtual clock (FakeClock) behave the same in tests.
-                async with asyncio.timeout(safe_wait(deadline[0] - clock.now())) as scope:
-                    result = await fn(*args, **kwargs)
-            except TimeoutExceeded:
-                passed_through(deadline)
-                raise
-            except TimeoutError as exc:
-                if scope.expired():
-                    raise expired(deadline[3], exc) from exc
-                raise
-            except Exception as exc:
-                if clock.now() > deadline[0]:
-                    raise expired(deadline[3], exc) from exc
-                raise
-            finally:
-                DEADLINE.reset(token)
-            if clock.now() > deadline[0]:
-                raise expired(deadline[3])
-            return result
-
-        return timed
 
     def __repr__(self) -> str:
         return f"Timeout({self._seconds!r}, mode={self.mode!r}, name={self.name!r})"

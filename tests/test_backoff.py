@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import inspect
 import math
 import random
 
@@ -11,7 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import resilience as rs
+from resilience._core import backoff as core_backoff
+from resilience._validation import MAX_COUNT
 from resilience.backoff import Backoff, Jitter
+from resilience.testing import FakeClock
 
 durations = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False)
 retries = st.integers(min_value=1, max_value=10_000)
@@ -147,3 +152,64 @@ def test_from_options_round_trip() -> None:
         rebuilt = Backoff.from_options(backoff.options.model_dump())
         assert rebuilt == backoff
         assert repr(rebuilt) == repr(backoff)
+
+
+# -- the pure rules behind the public strategies --------------------------------------------
+
+
+@given(any_backoff() | exponentials(), st.lists(retries, min_size=1, max_size=20), seeds)
+def test_each_strategy_is_its_pure_rule(backoff: Backoff, numbers: list[int], seed: int) -> None:
+    rule = backoff.rule
+    assert type(rule).__module__ == "resilience._core.backoff"
+    assert backoff.max_delay == rule.max_delay  # type: ignore[attr-defined]
+    rng, rule_rng = random.Random(seed), random.Random(seed)
+    previous = None
+    for n in numbers:
+        assert backoff.ceiling(n) == rule.ceiling(n)  # type: ignore[attr-defined]
+        assert backoff.floor(n) == rule.floor(n)  # type: ignore[attr-defined]
+        delay = backoff.delay(n, previous, rng)
+        assert delay == rule.delay(n, previous, rule_rng)
+        previous = delay
+
+
+def test_the_rules_are_frozen_values_without_pydantic() -> None:
+    rule = Backoff.linear(1.0, 0.5, cap=3.0, jitter="equal").rule
+    assert rule == core_backoff.Linear(1.0, 0.5, 3.0, Jitter.EQUAL)
+    assert hash(rule) == hash(core_backoff.Linear(1.0, 0.5, 3.0, Jitter.EQUAL))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rule.base = 2.0  # type: ignore[misc]
+    assert "pydantic" not in inspect.getsource(core_backoff)
+    assert core_backoff.MAX_RETRY_NUMBER == MAX_COUNT
+    # A retry number past any attempts limit keeps the last linear step's delay.
+    far = core_backoff.Linear(0.0, 1e-300)
+    assert far.ceiling(10**30) == far.ceiling(MAX_COUNT)
+
+
+def test_a_custom_strategy_is_its_own_rule() -> None:
+    class Doubling(Backoff):
+        __slots__ = ()
+
+        @property
+        def options(self) -> rs.backoff.ConstantOptions:
+            return Backoff.constant(1.0).options
+
+        def ceiling(self, retry: int) -> float:
+            return 2.0**retry
+
+        def floor(self, retry: int) -> float:
+            return 2.0**retry
+
+        def delay(self, retry: int, previous: float | None, rng: random.Random) -> float:
+            return 2.0**retry
+
+        @property
+        def max_delay(self) -> float:
+            return math.inf
+
+    doubling = Doubling()
+    assert doubling.rule is doubling
+    clock = FakeClock(1_700_000_000.25)
+    retry = rs.Retry(attempts=4, backoff=doubling, max_delay=5.0, clock=clock)
+    with pytest.raises(ConnectionError):
+        retry.call(lambda: (_ for _ in ()).throw(ConnectionError()))
+    assert clock.sleeps == [2.0, 4.0, 5.0]

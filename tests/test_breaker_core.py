@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from resilience._core.breaker import (
     FAILURE,
     IGNORED,
+    MAX_BREAK,
     SLOW,
     SUCCESS,
     Admission,
@@ -22,6 +23,19 @@ from resilience._core.breaker import (
     admission,
     break_duration,
     probe_verdict,
+)
+from resilience._core.circuit import (
+    INITIAL,
+    NEVER_MOVED,
+    Circuit,
+    CircuitSnapshot,
+    Transition,
+    acquire_probe,
+    lease_or,
+    release_probe,
+    seeded,
+    snapshot,
+    transition,
 )
 
 RULE = TripRule(failure_ratio=0.5, minimum_calls=1)
@@ -188,3 +202,64 @@ def test_clear_forgets_pending_successes() -> None:
     window.clear()
     assert window.totals(0.0) == (0, 0, 0)
     assert not window.note_success(0.0)  # not mature any more
+
+
+# -- the shared circuit's rules (resilience._core.circuit) -------------------------------
+
+FAR = 1_700_000_000.25
+
+
+def _move(circuit_: Circuit, expected: int, state: CircuitState, duration: float = 0.0) -> Circuit:
+    won, moved = transition(circuit_, Transition(expected, state, f"to {state}", 1, duration, FAR))
+    assert won
+    return moved
+
+
+def test_a_transition_is_a_compare_and_set() -> None:
+    won, opened = transition(NEVER_MOVED, Transition(0, CircuitState.OPEN, "boom", 1, 30.0, FAR))
+    assert won and (opened.version, opened.open_until, opened.trips) == (1, FAR + 30.0, 1)
+    assert snapshot(opened, FAR + 10.0) == CircuitSnapshot(CircuitState.OPEN, 1, 1, "boom", 20.0)
+    assert snapshot(opened, FAR + 40.0).break_remaining == 0.0
+    lost, unchanged = transition(opened, Transition(0, CircuitState.CLOSED, "late", 0, 0.0, FAR))
+    assert not lost and unchanged is opened
+    assert snapshot(NEVER_MOVED, FAR) == INITIAL
+
+
+@pytest.mark.parametrize("duration", [math.inf, math.nan])
+def test_a_break_that_is_not_a_number_holds_the_longest_break(duration: float) -> None:
+    opened = _move(NEVER_MOVED, 0, CircuitState.OPEN, duration)
+    assert snapshot(opened, FAR).break_remaining == MAX_BREAK
+    assert snapshot(Circuit(CircuitState.OPEN, open_until=math.inf), FAR).break_remaining == (
+        MAX_BREAK
+    )
+
+
+def test_probe_permits_belong_to_one_half_open_version() -> None:
+    assert acquire_probe(NEVER_MOVED, 0, 1, 5.0, FAR) == (False, NEVER_MOVED)  # closed
+    half_open = _move(NEVER_MOVED, 0, CircuitState.HALF_OPEN)
+    granted, held = acquire_probe(half_open, 1, 1, 5.0, FAR)
+    assert granted and (held.probes_out, held.probes_lapse_at) == (1, FAR + 5.0)
+    assert not acquire_probe(held, 1, 1, 5.0, FAR + 1.0)[0]  # the only permit is out
+    assert not acquire_probe(held, 0, 5, 5.0, FAR)[0]  # a stale version gets nothing
+    assert acquire_probe(held, 1, 1, 5.0, FAR + 5.0)[0]  # the lease lapsed
+    successes, released = release_probe(held, 1, True)
+    assert successes == 1 and (released.probes_out, released.probe_successes) == (0, 1)
+    assert release_probe(released, 1, None)[0] == 1  # no verdict: not a success
+    assert release_probe(released, 0, True) == (-1, released)  # moved on
+    reopened = _move(released, 1, CircuitState.OPEN, 1.0)
+    assert (reopened.probes_out, reopened.probe_successes, reopened.probes_lapse_at) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("lease", "held"), [(None, 60.0), (0.0, 60.0), (-1.0, 60.0), (math.inf, 60.0), (2.5, 2.5)]
+)
+def test_a_lease_that_never_ends_is_the_default(lease: float | None, held: float) -> None:
+    assert lease_or(lease, 60.0) == held
+
+
+def test_a_seeded_circuit_takes_over_where_the_snapshot_left_off() -> None:
+    seen = CircuitSnapshot(CircuitState.OPEN, 7, 2, "boom", 12.5)
+    local = seeded(seen, FAR)
+    assert (local.version, local.trips, local.open_until, local.probes_out) == (7, 2, FAR + 12.5, 0)
+    assert snapshot(local, FAR + 2.5) == CircuitSnapshot(CircuitState.OPEN, 7, 2, "boom", 10.0)
+    assert seeded(CircuitSnapshot(CircuitState.CLOSED, 3), FAR).open_until == 0.0

@@ -10,7 +10,12 @@ import pytest
 
 import resilience as rs
 from resilience.breaker import CircuitBreaker, CircuitState
-from resilience.storage.breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
+from resilience.storage.breakers import (
+    BreakerStore,
+    CircuitSnapshot,
+    MemoryBreakerStore,
+    Transition,
+)
 from resilience.testing import FakeClock
 
 OPEN, HALF_OPEN, CLOSED = CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED
@@ -44,10 +49,25 @@ def test_unknown_circuit_is_closed_at_version_zero() -> None:
 
 def test_transition_is_compare_and_set_on_the_version() -> None:
     store = MemoryBreakerStore()
-    won, snapshot = store.breaker_transition("c", 0, OPEN, "tripped", 1, 10.0, 100.0)
+    won, snapshot = store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0,
+            state=OPEN,
+            reason="tripped",
+            trips=1,
+            break_duration=10.0,
+            now=100.0,
+        ),
+    )
     assert won
     assert snapshot == CircuitSnapshot(OPEN, 1, 1, "tripped", 10.0)
-    lost, current = store.breaker_transition("c", 0, OPEN, "me too", 1, 10.0, 101.0)
+    lost, current = store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0, state=OPEN, reason="me too", trips=1, break_duration=10.0, now=101.0
+        ),
+    )
     assert not lost
     assert current == CircuitSnapshot(OPEN, 1, 1, "tripped", 9.0)  # the winner's, 1 s later
     assert store.breaker_load("c", 120.0).break_remaining == 0.0
@@ -57,7 +77,17 @@ def test_transition_is_compare_and_set_on_the_version() -> None:
 def test_probe_permits_are_bounded_and_belong_to_a_version() -> None:
     store = MemoryBreakerStore()
     assert not store.breaker_acquire_probe("c", 0, 5, None, 0.0)  # not half-open
-    store.breaker_transition("c", 0, HALF_OPEN, "probing", 1, 0.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0,
+            state=HALF_OPEN,
+            reason="probing",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert store.breaker_acquire_probe("c", 1, 2, None, 0.0)
     assert store.breaker_acquire_probe("c", 1, 2, None, 0.0)
     assert not store.breaker_acquire_probe("c", 1, 2, None, 0.0)
@@ -65,15 +95,40 @@ def test_probe_permits_are_bounded_and_belong_to_a_version() -> None:
     assert store.breaker_release_probe("c", 1, True) == 1
     assert store.breaker_release_probe("c", 1, None) == 1  # no verdict: just the permit back
     assert store.breaker_acquire_probe("c", 1, 2, None, 0.0)
-    store.breaker_transition("c", 1, CLOSED, "closed", 0, 0.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=1, state=CLOSED, reason="closed", trips=0, break_duration=0.0, now=0.0
+        ),
+    )
     assert store.breaker_release_probe("c", 1, True) == -1  # the circuit moved on
-    store.breaker_transition("c", 2, HALF_OPEN, "probing", 1, 0.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=2,
+            state=HALF_OPEN,
+            reason="probing",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert store.breaker_acquire_probe("c", 3, 1, None, 0.0)  # a transition drops all permits
 
 
 async def test_async_twins() -> None:
     store = MemoryBreakerStore()
-    won, _ = await store.abreaker_transition("c", 0, HALF_OPEN, "probing", 1, 0.0, 0.0)
+    won, _ = await store.abreaker_transition(
+        "c",
+        Transition(
+            expected_version=0,
+            state=HALF_OPEN,
+            reason="probing",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert won
     assert await store.abreaker_acquire_probe("c", 1, 1, None, 0.0)
     assert await store.abreaker_release_probe("c", 1, False) == 0
@@ -84,10 +139,20 @@ def test_watchers_are_told_and_can_unsubscribe() -> None:
     store = MemoryBreakerStore()
     seen: list[CircuitSnapshot] = []
     unwatch = store.breaker_watch("c", seen.append)
-    store.breaker_transition("c", 0, OPEN, "tripped", 1, 5.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0, state=OPEN, reason="tripped", trips=1, break_duration=5.0, now=0.0
+        ),
+    )
     unwatch()
     unwatch()  # idempotent
-    store.breaker_transition("c", 1, CLOSED, "reset", 0, 0.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=1, state=CLOSED, reason="reset", trips=0, break_duration=0.0, now=0.0
+        ),
+    )
     assert [s.state for s in seen] == [OPEN]
 
 
@@ -98,7 +163,12 @@ def test_a_dropped_breaker_is_not_kept_alive_by_a_shared_store() -> None:
     del breaker
     gc.collect()
     assert ref() is None
-    store.breaker_transition("c", 0, OPEN, "tripped", 1, 5.0, 0.0)  # no dead callback called
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0, state=OPEN, reason="tripped", trips=1, break_duration=5.0, now=0.0
+        ),
+    )  # no dead callback called
 
 
 def test_a_new_breaker_adopts_the_shared_state_without_telling_listeners() -> None:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 import resilience as rs
-import resilience.bulkhead as bulkhead_module
+import resilience._primitives as primitives_module
 from resilience.bulkhead import Bulkhead
 
 
@@ -120,7 +120,8 @@ def test_a_thread_interrupted_while_queued_passes_a_granted_slot_on(
             bulkhead.release()  # the slot is handed to this waiter...
             raise KeyboardInterrupt  # ...which is interrupted before it sees it
 
-    monkeypatch.setattr(bulkhead_module, "threading", SimpleNamespace(Event=Interrupted))
+    # A queued thread waits on a Waiter (resilience._primitives), which makes the Event.
+    monkeypatch.setattr(primitives_module, "threading", SimpleNamespace(Event=Interrupted))
     with pytest.raises(KeyboardInterrupt):
         bulkhead.acquire()
     monkeypatch.undo()

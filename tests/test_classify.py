@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import resilience as rs
-from resilience.classify import classify_status, make_classifier
+from resilience.classify import classify_status, make_classifier, parse_retry_after
 
 EC = rs.ErrorClass
 
@@ -91,27 +91,27 @@ def test_success_statuses_are_not_failures() -> None:
 
 @given(st.integers(min_value=0, max_value=10**6))
 def test_retry_after_seconds(seconds: int) -> None:
-    assert rs.parse_retry_after(str(seconds)) == float(seconds)
+    assert parse_retry_after(str(seconds)) == float(seconds)
 
 
 def test_retry_after_http_date() -> None:
     now = 1_700_000_000.0
     header = email.utils.formatdate(now + 120, usegmt=True)
-    assert rs.parse_retry_after(header, now=now) == pytest.approx(120.0)
+    assert parse_retry_after(header, now=now) == pytest.approx(120.0)
     # A date in the past means "now", never a negative wait.
     past = email.utils.formatdate(now - 50, usegmt=True)
-    assert rs.parse_retry_after(past, now=now) == 0.0
+    assert parse_retry_after(past, now=now) == 0.0
 
 
 @pytest.mark.parametrize("junk", ["", "   ", "soon", "-5", "nan", "inf", "Mon, 99 Foo 2020"])
 def test_retry_after_junk(junk: str) -> None:
-    value = rs.parse_retry_after(junk)
+    value = parse_retry_after(junk)
     assert value is None or value == 0.0
 
 
 def test_retry_after_bytes_and_none() -> None:
-    assert rs.parse_retry_after(b"7") == 7.0
-    assert rs.parse_retry_after(None) is None
+    assert parse_retry_after(b"7") == 7.0
+    assert parse_retry_after(None) is None
 
 
 # -- HTTP client libraries ------------------------------------------------------------

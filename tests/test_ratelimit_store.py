@@ -9,19 +9,38 @@ import pytest
 import resilience as rs
 from resilience._core.bucket import BucketSpec, Decision
 from resilience.ratelimit import RateLimiter
-from resilience.storage import buckets
-from resilience.storage.buckets import BucketRequest, BucketStore, MemoryBucketStore
+from resilience.storage import LeasingBucketStore, MemoryStore, buckets
+from resilience.storage.buckets import BucketRequest, BucketStore, FastTake, MemoryBucketStore
 from resilience.telemetry import events, subscribe
 from resilience.testing import FakeClock
 
 
-def test_memory_store_implements_the_protocol() -> None:
-    store = MemoryBucketStore()
+def test_memory_store_implements_the_protocol_and_the_fast_take_capability() -> None:
+    clock = FakeClock()
+    store = MemoryBucketStore(clock)
     assert isinstance(store, BucketStore)
     assert not isinstance(object(), BucketStore)
-    # Ready to be mixed into one MemoryStore class: no required arguments, prefixed state.
-    assert all(name.startswith("_bucket_") for name in vars(store))
+    assert isinstance(store, FastTake) and store.clock is clock
     assert "buckets=0" in repr(store)
+    # The fast path answers as a one-request take with max_wait=0 would.
+    spec = BucketSpec.of(rate=1, per=1.0, burst=2)
+    fast = store.bucket_fast_take("x", spec)
+    assert fast.clock is clock
+    assert [fast.take("k"), fast.take("k"), fast.take("k")] == [True, True, False]
+    assert not store.bucket_take((BucketRequest("x", "k", 1, spec),)).granted
+    clock.advance(1.0)
+    assert fast.take("k")
+
+
+def test_only_in_process_stores_offer_the_fast_take() -> None:
+    inner = MemoryBucketStore()
+    assert not isinstance(LeasingBucketStore(inner, lease=5), FastTake)
+    assert isinstance(MemoryStore(), FastTake)
+    # A limiter uses the capability, whatever the store's class: no failure policy.
+    limiter = RateLimiter("x", rate=1, store=inner)
+    assert limiter._take_one is not None and limiter._store is inner
+    leased = RateLimiter("y", rate=1, store=LeasingBucketStore(inner, lease=5))
+    assert leased._take_one is None and leased._store is not leased.store
 
 
 async def test_store_take_is_one_atomic_call_over_several_buckets() -> None:
@@ -125,12 +144,14 @@ class CountingStore(MemoryBucketStore):
 
 
 class ProtocolOnly:
-    """Forwards the protocol to a memory store without being one."""
+    """Forwards the protocol to a memory store, but not its FastTake capability."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.inner = CountingStore(clock)
 
     def __getattr__(self, name: str) -> object:
+        if name == "bucket_fast_take":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:

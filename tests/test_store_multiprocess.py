@@ -22,6 +22,7 @@ import pytest
 
 import resilience as rs
 from resilience._core.breaker import CircuitState
+from resilience.storage.breakers import Transition
 
 from .backends import require_postgres
 
@@ -138,7 +139,15 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     # The circuit is open; its break (on the store's clock) is over before the
     # processes get to it, after the rate-limit scenario.
     won, _ = store.breaker_transition(
-        circuit_name, 0, CircuitState.OPEN, "test", 1, 0.5, time.monotonic()
+        circuit_name,
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="test",
+            trips=1,
+            break_duration=0.5,
+            now=time.monotonic(),
+        ),
     )
     assert won
     return store, circuit_name, _run(_worker, store, limit_name, circuit_name)

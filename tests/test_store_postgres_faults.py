@@ -29,6 +29,7 @@ import pytest
 
 import resilience as rs
 from resilience._core.breaker import CircuitState
+from resilience.storage.breakers import Transition
 from resilience.storage.postgres import PostgresStore
 
 from .backends import drop_postgres_tables, require_postgres
@@ -131,9 +132,29 @@ LEASE = 1.0
 
 def _half_open(store: PostgresStore, name: str) -> int:
     """Put ``name``'s circuit in HALF_OPEN on the server; returns its version."""
-    won, _ = store.breaker_transition(name, 0, CircuitState.OPEN, "boom", 1, 1.0, 0.0)
+    won, _ = store.breaker_transition(
+        name,
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="boom",
+            trips=1,
+            break_duration=1.0,
+            now=0.0,
+        ),
+    )
     assert won
-    won, snapshot = store.breaker_transition(name, 1, CircuitState.HALF_OPEN, "probe", 1, 0.0, 0.0)
+    won, snapshot = store.breaker_transition(
+        name,
+        Transition(
+            expected_version=1,
+            state=CircuitState.HALF_OPEN,
+            reason="probe",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert won and snapshot.version == 2
     return snapshot.version
 

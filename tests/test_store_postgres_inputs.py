@@ -28,6 +28,7 @@ from resilience._core.breaker import MAX_BREAK, CircuitState
 from resilience._core.bucket import BucketSpec
 from resilience.storage._guard import GuardedBreakerStore, GuardedBucketStore
 from resilience.storage._sql import encode_key
+from resilience.storage.breakers import Transition
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.postgres import PostgresStore
 from resilience.testing import FakeClock
@@ -155,7 +156,17 @@ def test_a_name_the_server_cannot_hold_is_that_calls_value_error(
         lambda: buckets.bucket_tokens(bad, None, spec),
         lambda: buckets.bucket_penalize(bad, None, spec, 1.0),
         lambda: breakers.breaker_load(bad, clock.now()),
-        lambda: breakers.breaker_transition(bad, 0, CircuitState.OPEN, "boom", 1, 1.0, clock.now()),
+        lambda: breakers.breaker_transition(
+            bad,
+            Transition(
+                expected_version=0,
+                state=CircuitState.OPEN,
+                reason="boom",
+                trips=1,
+                break_duration=1.0,
+                now=clock.now(),
+            ),
+        ),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="policy name") as caught:
@@ -179,7 +190,15 @@ def test_a_driver_data_error_is_that_calls_value_error(store: PostgresStore) -> 
 def test_a_reason_with_odd_characters_is_stored(store: PostgresStore) -> None:
     name = fresh()
     won, snapshot = store.breaker_transition(
-        name, 0, CircuitState.OPEN, "bad \x00 and \ud800", 1, 10.0, 0.0
+        name,
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="bad \x00 and \ud800",
+            trips=1,
+            break_duration=10.0,
+            now=0.0,
+        ),
     )
     assert won and snapshot.reason == "bad \ufffd and ?"
 
@@ -199,18 +218,48 @@ def test_a_reason_with_odd_characters_is_stored(store: PostgresStore) -> None:
 )
 def test_a_huge_break_is_held(store: PostgresStore, duration: float, held: float) -> None:
     name = fresh()
-    won, snapshot = store.breaker_transition(name, 0, CircuitState.OPEN, "boom", 1, duration, 0.0)
+    won, snapshot = store.breaker_transition(
+        name,
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="boom",
+            trips=1,
+            break_duration=duration,
+            now=0.0,
+        ),
+    )
     assert won and snapshot.state is CircuitState.OPEN
     for seen in (snapshot, store.breaker_load(name, 0.0)):
         assert seen.break_remaining == pytest.approx(held, rel=1e-9, abs=5.0)
-    won, again = store.breaker_transition(name, 1, CircuitState.OPEN, "grown", 2, duration, 0.0)
+    won, again = store.breaker_transition(
+        name,
+        Transition(
+            expected_version=1,
+            state=CircuitState.OPEN,
+            reason="grown",
+            trips=2,
+            break_duration=duration,
+            now=0.0,
+        ),
+    )
     assert won and again.break_remaining == pytest.approx(held, rel=1e-9, abs=5.0)
 
 
 @pytest.mark.parametrize("stored", ["Infinity", "NaN"])
 def test_a_non_finite_break_on_record_is_held(store: PostgresStore, dsn: str, stored: str) -> None:
     name = fresh()
-    store.breaker_transition(name, 0, CircuitState.OPEN, "boom", 1, 10.0, 0.0)
+    store.breaker_transition(
+        name,
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="boom",
+            trips=1,
+            break_duration=10.0,
+            now=0.0,
+        ),
+    )
     with psycopg.connect(dsn, autocommit=True) as admin:  # as an older version wrote it
         admin.execute(
             "UPDATE resilience_test_circuits SET open_until = %s::float8 WHERE name = %s",

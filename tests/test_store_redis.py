@@ -26,7 +26,12 @@ import resilience as rs
 from resilience._core.bucket import FULL, BucketSpec, Decision
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
-from resilience.storage.breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
+from resilience.storage.breakers import (
+    BreakerStore,
+    CircuitSnapshot,
+    MemoryBreakerStore,
+    Transition,
+)
 from resilience.storage.buckets import BucketRequest, BucketStore, MemoryBucketStore
 from resilience.storage.redis import RedisStore
 
@@ -131,7 +136,12 @@ def test_keys_share_a_hash_tag_and_expire(store: RedisStore, url: str) -> None:
     spec = BucketSpec.of(rate=10, per=1.0, burst=5)  # full again 0.5 s after a take of 5
     store.bucket_take([BucketRequest("emails", None, 5, spec)])
     store.bucket_take([BucketRequest("emails", "bob@example.com", 1, spec)])
-    store.breaker_transition("emails", 0, OPEN, "x", 1, 1.0, 0.0)
+    store.breaker_transition(
+        "emails",
+        Transition(
+            expected_version=0, state=OPEN, reason="x", trips=1, break_duration=1.0, now=0.0
+        ),
+    )
     client = redis.Redis.from_url(url)
     try:
         keys = sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
@@ -179,13 +189,33 @@ def test_a_chosen_hash_tag_puts_composites_in_one_slot(url: str) -> None:
 async def test_circuits(store: RedisStore) -> None:
     assert store.breaker_load("c", 0.0) == CircuitSnapshot(CLOSED, 0, 0, "initial state", 0.0)
     assert store.breaker_release_probe("c", 0, True) == 1  # as the memory store counts it
-    won, snapshot = store.breaker_transition("c", 0, OPEN, "tripped", 1, 10.0, 0.0)
+    won, snapshot = store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0, state=OPEN, reason="tripped", trips=1, break_duration=10.0, now=0.0
+        ),
+    )
     assert won and snapshot == CircuitSnapshot(OPEN, 1, 1, "tripped", 10.0)
-    lost, current = await store.abreaker_transition("c", 0, OPEN, "me too", 1, 10.0, 0.0)
+    lost, current = await store.abreaker_transition(
+        "c",
+        Transition(
+            expected_version=0, state=OPEN, reason="me too", trips=1, break_duration=10.0, now=0.0
+        ),
+    )
     assert not lost and current.version == 1 and current.reason == "tripped"
     assert 9.0 < current.break_remaining <= 10.0
     assert not store.breaker_acquire_probe("c", 1, 5, None, 0.0)  # not half-open
-    store.breaker_transition("c", 1, HALF_OPEN, "probing", 1, 0.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=1,
+            state=HALF_OPEN,
+            reason="probing",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert [store.breaker_acquire_probe("c", 2, 2, None, 0.0) for _ in range(3)] == [
         True,
         True,
@@ -196,7 +226,17 @@ async def test_circuits(store: RedisStore) -> None:
     assert await store.abreaker_acquire_probe("c", 2, 2, None, 0.0)  # a permit came back
     assert await store.abreaker_release_probe("c", 2, None) == 1
     assert store.breaker_release_probe("c", 1, True) == -1  # moved on
-    won, snapshot = store.breaker_transition("c", 2, OPEN, "forever", 2, math.inf, 0.0)
+    won, snapshot = store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=2,
+            state=OPEN,
+            reason="forever",
+            trips=2,
+            break_duration=math.inf,
+            now=0.0,
+        ),
+    )
     assert won and snapshot.break_remaining == math.inf
     assert (await store.abreaker_load("c", 0.0)).state is OPEN
     assert store.breaker_watch("c", lambda s: None) is None  # polling unless pubsub=True
@@ -206,7 +246,17 @@ def test_probe_permits_lapse_after_their_lease(url: str) -> None:
     prefix = f"test-{uuid.uuid4().hex}"
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, probe_lease=0.05)
     try:
-        store.breaker_transition("c", 0, HALF_OPEN, "probing", 1, 0.0, 0.0)
+        store.breaker_transition(
+            "c",
+            Transition(
+                expected_version=0,
+                state=HALF_OPEN,
+                reason="probing",
+                trips=1,
+                break_duration=0.0,
+                now=0.0,
+            ),
+        )
         assert store.breaker_acquire_probe("c", 1, 1, None, 0.0)
         assert not store.breaker_acquire_probe("c", 1, 1, None, 0.0)
         time.sleep(0.1)  # the holder "died": its permit lapses
@@ -278,7 +328,17 @@ def test_pubsub_pushes_transitions(url: str) -> None:
         # current snapshot) once subscribed.
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
-        store.breaker_transition("svc", 0, OPEN, "tripped", 1, 5.0, 0.0)
+        store.breaker_transition(
+            "svc",
+            Transition(
+                expected_version=0,
+                state=OPEN,
+                reason="tripped",
+                trips=1,
+                break_duration=5.0,
+                now=0.0,
+            ),
+        )
         while not any(s.version == 1 for s in seen) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert any(s.version == 1 and s.state is OPEN for s in seen)
@@ -385,7 +445,7 @@ class BucketsMachine(RuleBasedStateMachine):
 
     def check_state(self, name: str, key: str | None, tat: float, now: float) -> None:
         """Redis holds the memory store's exact state, or both buckets are full."""
-        table = self.memory._bucket_tables.get(name)
+        table = self.memory._tables.get(name)
         expected = FULL if table is None else table.tats.get(key, FULL)
         if tat > now or expected > now:
             assert tat == expected, (name, key, tat, expected, now)
@@ -430,8 +490,28 @@ class CircuitsMachine(RuleBasedStateMachine):
     ) -> None:
         expected = self.version(name) - (1 if stale else 0)
         now = time.monotonic()
-        got = self.redis.breaker_transition(name, expected, state, reason, trips, duration, now)
-        want = self.memory.breaker_transition(name, expected, state, reason, trips, duration, now)
+        got = self.redis.breaker_transition(
+            name,
+            Transition(
+                expected_version=expected,
+                state=state,
+                reason=reason,
+                trips=trips,
+                break_duration=duration,
+                now=now,
+            ),
+        )
+        want = self.memory.breaker_transition(
+            name,
+            Transition(
+                expected_version=expected,
+                state=state,
+                reason=reason,
+                trips=trips,
+                break_duration=duration,
+                now=now,
+            ),
+        )
         assert got[0] == want[0]
         self.same(got[1], want[1])
 

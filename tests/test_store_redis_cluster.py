@@ -19,6 +19,7 @@ import resilience as rs
 from resilience._core.bucket import BucketSpec
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
+from resilience.storage.breakers import Transition
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.redis import RedisStore
 
@@ -134,7 +135,17 @@ async def test_async_on_the_cluster(store: RedisStore) -> None:
     assert (await store.abucket_take([BucketRequest("async", None, 2, SPEC)])).granted
     decision = await store.abucket_take([BucketRequest("async", None, 1, SPEC)], max_wait=1000.0)
     assert decision.granted and decision.wait > 99.0
-    won, _ = await store.abreaker_transition("svc", 0, CircuitState.HALF_OPEN, "p", 1, 0.0, 0.0)
+    won, _ = await store.abreaker_transition(
+        "svc",
+        Transition(
+            expected_version=0,
+            state=CircuitState.HALF_OPEN,
+            reason="p",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert won and await store.abreaker_acquire_probe("svc", 1, 1, None, 0.0)
     await store.aclose()
 

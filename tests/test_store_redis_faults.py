@@ -30,7 +30,7 @@ import resilience as rs
 from resilience._core.bucket import BucketSpec
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
-from resilience.storage.breakers import CircuitSnapshot
+from resilience.storage.breakers import CircuitSnapshot, Transition
 from resilience.storage.redis import RedisStore
 from resilience.testing import FakeClock
 
@@ -124,7 +124,17 @@ def every_operation(store: RedisStore) -> list[Callable[[], object]]:
         lambda: store.bucket_penalize("api", None, SPEC, 1.0),
         lambda: store.bucket_tokens("api", None, SPEC),
         lambda: store.breaker_load("svc", 0.0),
-        lambda: store.breaker_transition("svc", 99, CircuitState.OPEN, "x", 1, 1.0, 0.0),
+        lambda: store.breaker_transition(
+            "svc",
+            Transition(
+                expected_version=99,
+                state=CircuitState.OPEN,
+                reason="x",
+                trips=1,
+                break_duration=1.0,
+                now=0.0,
+            ),
+        ),
         lambda: store.breaker_acquire_probe("svc", 1, 1, None, 0.0),
         lambda: store.breaker_release_probe("svc", 1, True),
     ]
@@ -138,7 +148,17 @@ def every_async_operation(store: RedisStore) -> list[Callable[[], Awaitable[obje
         lambda: store.abucket_penalize("api", None, SPEC, 1.0),
         lambda: store.abucket_tokens("api", None, SPEC),
         lambda: store.abreaker_load("svc", 0.0),
-        lambda: store.abreaker_transition("svc", 99, CircuitState.OPEN, "x", 1, 1.0, 0.0),
+        lambda: store.abreaker_transition(
+            "svc",
+            Transition(
+                expected_version=99,
+                state=CircuitState.OPEN,
+                reason="x",
+                trips=1,
+                break_duration=1.0,
+                now=0.0,
+            ),
+        ),
         lambda: store.abreaker_acquire_probe("svc", 1, 1, None, 0.0),
         lambda: store.abreaker_release_probe("svc", 1, True),
     ]
@@ -290,7 +310,17 @@ def test_pubsub_watcher_reconnects_and_resyncs(server: RedisServer) -> None:
     try:
         store.breaker_watch("svc", seen.append)
         assert wait_for(lambda s: s.version == 0)  # subscribed: the current circuit was delivered
-        store.breaker_transition("svc", 0, CircuitState.OPEN, "down", 1, 5.0, 0.0)
+        store.breaker_transition(
+            "svc",
+            Transition(
+                expected_version=0,
+                state=CircuitState.OPEN,
+                reason="down",
+                trips=1,
+                break_duration=5.0,
+                now=0.0,
+            ),
+        )
         assert wait_for(lambda s: s.version == 1)
         server.kill()
         time.sleep(0.3)  # the watcher notices and retries in the background
@@ -302,7 +332,15 @@ def test_pubsub_watcher_reconnects_and_resyncs(server: RedisServer) -> None:
         assert resynced is not None and resynced.version > 1
         # A transition made once it is back is pushed again, newer still.
         won, opened = store.breaker_transition(
-            "svc", resynced.version, CircuitState.OPEN, "down again", 1, 5.0, 0.0
+            "svc",
+            Transition(
+                expected_version=resynced.version,
+                state=CircuitState.OPEN,
+                reason="down again",
+                trips=1,
+                break_duration=5.0,
+                now=0.0,
+            ),
         )
         assert won and opened.version > resynced.version
         assert wait_for(lambda s: s.version == opened.version and s.state is CircuitState.OPEN)

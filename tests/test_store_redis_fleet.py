@@ -39,7 +39,7 @@ import resilience as rs
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
 from resilience.storage import MemoryStore, store_from_url
-from resilience.storage.breakers import CircuitSnapshot
+from resilience.storage.breakers import CircuitSnapshot, Transition
 from resilience.storage.redis import DEFAULT_MAX_CONNECTIONS, RedisStore
 from resilience.testing import FakeClock
 
@@ -458,24 +458,72 @@ def test_a_transition_from_a_lost_epoch_is_not_lost(url: str, prefix: str) -> No
     other = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)  # another process
     client = redis.Redis.from_url(url)
     try:
-        store.breaker_transition("c", 0, CircuitState.OPEN, "x", 1, 60.0, 0.0)
-        won, closed = store.breaker_transition("c", 1, CircuitState.CLOSED, "ok", 0, 0.0, 0.0)
+        store.breaker_transition(
+            "c",
+            Transition(
+                expected_version=0,
+                state=CircuitState.OPEN,
+                reason="x",
+                trips=1,
+                break_duration=60.0,
+                now=0.0,
+            ),
+        )
+        won, closed = store.breaker_transition(
+            "c",
+            Transition(
+                expected_version=1,
+                state=CircuitState.CLOSED,
+                reason="ok",
+                trips=0,
+                break_duration=0.0,
+                now=0.0,
+            ),
+        )
         assert won and closed.version == 2
         assert other.breaker_load("c", 0.0).version == 2
         client.delete(store.circuit_key("c"))  # the data loss
-        won, opened = store.breaker_transition("c", 2, CircuitState.OPEN, "again", 1, 60.0, 0.0)
+        won, opened = store.breaker_transition(
+            "c",
+            Transition(
+                expected_version=2,
+                state=CircuitState.OPEN,
+                reason="again",
+                trips=1,
+                break_duration=60.0,
+                now=0.0,
+            ),
+        )
         assert won and opened.state is CircuitState.OPEN and opened.version > 2
         seen = other.breaker_load("c", 0.0)
         assert seen.state is CircuitState.OPEN and seen.version > 2  # newer for it too
         # A stale version of the new epoch still loses, as always.
-        lost, current = other.breaker_transition("c", 2, CircuitState.CLOSED, "no", 0, 0.0, 0.0)
+        lost, current = other.breaker_transition(
+            "c",
+            Transition(
+                expected_version=2,
+                state=CircuitState.CLOSED,
+                reason="no",
+                trips=0,
+                break_duration=0.0,
+                now=0.0,
+            ),
+        )
         assert not lost and (current.state, current.version) == (seen.state, seen.version)
         # Loading after a loss reports the empty circuit as newer, then goes on from there.
         client.delete(store.circuit_key("c"))
         empty = other.breaker_load("c", 0.0)
         assert empty.state is CircuitState.CLOSED and empty.version > seen.version
         won, again = other.breaker_transition(
-            "c", empty.version, CircuitState.OPEN, "3rd", 1, 60.0, 0.0
+            "c",
+            Transition(
+                expected_version=empty.version,
+                state=CircuitState.OPEN,
+                reason="3rd",
+                trips=1,
+                break_duration=60.0,
+                now=0.0,
+            ),
         )
         assert won and again.version == empty.version + 1
     finally:
@@ -506,7 +554,17 @@ def test_a_late_message_from_a_lost_epoch_is_ignored_and_wedges_nothing(
             time.sleep(0.01)
 
     try:
-        won, opened = store.breaker_transition("c", 0, CircuitState.OPEN, "x", 1, 60.0, 0.0)
+        won, opened = store.breaker_transition(
+            "c",
+            Transition(
+                expected_version=0,
+                state=CircuitState.OPEN,
+                reason="x",
+                trips=1,
+                break_duration=60.0,
+                now=0.0,
+            ),
+        )
         assert won
         epoch = (client.hget(store.circuit_key("c"), "e") or b"").decode()
         store.breaker_watch("c", seen.append)
@@ -521,7 +579,15 @@ def test_a_late_message_from_a_lost_epoch_is_ignored_and_wedges_nothing(
         wait_for(2)
         assert [(s.state, s.version) for s in seen[1:]] == [(opened.state, opened.version)]
         won, closed = store.breaker_transition(
-            "c", opened.version, CircuitState.CLOSED, "ok", 0, 0.0, 0.0
+            "c",
+            Transition(
+                expected_version=opened.version,
+                state=CircuitState.CLOSED,
+                reason="ok",
+                trips=0,
+                break_duration=0.0,
+                now=0.0,
+            ),
         )
         assert won  # the version breakers hold still moves the circuit
         wait_for(3)
@@ -540,7 +606,15 @@ def test_a_circuit_found_with_an_older_epoch_can_still_move(url: str, prefix: st
     try:
         missing = store.breaker_load("c", 0.0)  # seen missing first
         won, opened = store.breaker_transition(
-            "c", missing.version, CircuitState.OPEN, "x", 1, 60.0, 0.0
+            "c",
+            Transition(
+                expected_version=missing.version,
+                state=CircuitState.OPEN,
+                reason="x",
+                trips=1,
+                break_duration=60.0,
+                now=0.0,
+            ),
         )
         assert won
         epoch = (client.hget(key, "e") or b"").decode()
@@ -560,12 +634,28 @@ def test_a_circuit_found_with_an_older_epoch_can_still_move(url: str, prefix: st
             found = store.breaker_load("c", 0.0)
             assert found.version > opened.version  # newer to every breaker
             won, closed = store.breaker_transition(
-                "c", found.version, CircuitState.CLOSED, "ok", 0, 0.0, 0.0
+                "c",
+                Transition(
+                    expected_version=found.version,
+                    state=CircuitState.CLOSED,
+                    reason="ok",
+                    trips=0,
+                    break_duration=0.0,
+                    now=0.0,
+                ),
             )
             assert won and closed.version == found.version + 1
             # A version of an earlier segment loses, with the circuit as it is.
             lost, current = store.breaker_transition(
-                "c", opened.version, CircuitState.OPEN, "old", 1, 60.0, 0.0
+                "c",
+                Transition(
+                    expected_version=opened.version,
+                    state=CircuitState.OPEN,
+                    reason="old",
+                    trips=1,
+                    break_duration=60.0,
+                    now=0.0,
+                ),
             )
             assert not lost and (current.state, current.version) == (closed.state, closed.version)
             client.delete(key)
@@ -598,7 +688,17 @@ def test_a_permit_held_by_a_killed_process_lapses_after_the_lease(url: str, pref
     lease = 0.5
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT, probe_lease=lease)
     client = redis.Redis.from_url(url)
-    won, _ = store.breaker_transition("svc", 0, CircuitState.HALF_OPEN, "x", 1, 0.0, 0.0)
+    won, _ = store.breaker_transition(
+        "svc",
+        Transition(
+            expected_version=0,
+            state=CircuitState.HALF_OPEN,
+            reason="x",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert won
     child = subprocess.Popen(
         [sys.executable, "-c", _PROBER, url, prefix, str(lease)],
@@ -641,7 +741,17 @@ def test_a_lease_given_per_call_wins_over_the_stores(url: str, prefix: str) -> N
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)  # probe_lease 60 s
     client = redis.Redis.from_url(url)
     try:
-        store.breaker_transition("c", 0, CircuitState.HALF_OPEN, "x", 1, 0.0, 0.0)
+        store.breaker_transition(
+            "c",
+            Transition(
+                expected_version=0,
+                state=CircuitState.HALF_OPEN,
+                reason="x",
+                trips=1,
+                break_duration=0.0,
+                now=0.0,
+            ),
+        )
         began = server_time(client)
         assert store.breaker_acquire_probe("c", 1, 1, 0.2, 0.0)
         lapse_at = float(client.hget(store.circuit_key("c"), "d") or 0)
@@ -659,7 +769,15 @@ def test_a_lease_given_per_call_wins_over_the_stores(url: str, prefix: str) -> N
         version = 1
         for bad in (0.0, -1.0, math.nan, math.inf):
             won, snapshot = store.breaker_transition(
-                "c", version, CircuitState.HALF_OPEN, "x", 1, 0.0, 0.0
+                "c",
+                Transition(
+                    expected_version=version,
+                    state=CircuitState.HALF_OPEN,
+                    reason="x",
+                    trips=1,
+                    break_duration=0.0,
+                    now=0.0,
+                ),
             )
             assert won
             version = snapshot.version
@@ -744,7 +862,15 @@ def test_names_are_any_str_too(url: str, prefix: str) -> None:
         # takes them all the same.
         for name in ("a\x00b", "\ud800", "a\x00b\udfff"):
             won, snapshot = store.breaker_transition(
-                name, 0, CircuitState.OPEN, "reason \ud800\x00", 1, 60.0, 0.0
+                name,
+                Transition(
+                    expected_version=0,
+                    state=CircuitState.OPEN,
+                    reason="reason \ud800\x00",
+                    trips=1,
+                    break_duration=60.0,
+                    now=0.0,
+                ),
             )
             assert won and snapshot.reason == "reason \ud800\x00"
             assert store.breaker_load(name, 0.0).reason == "reason \ud800\x00"
@@ -857,12 +983,24 @@ def test_passwords_never_show(caplog: pytest.LogCaptureFixture) -> None:
 def test_the_local_fallback_leases_permits_as_the_store_would() -> None:
     from resilience.storage._guard import GuardedBreakerStore
 
-    # Nothing listens there: the guard answers from its local store, seeded with the
-    # Redis store's lease (it reads the public attribute).
+    # Nothing listens there: the guard answers from its local circuits, whose permits
+    # lapse after the Redis store's lease (it reads the public attribute).
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.1, probe_lease=7.5)
     try:
-        guard = GuardedBreakerStore(store, "local", FakeClock(1e6), "breaker 'svc'")
-        guard.breaker_load("svc", 1e6)
-        assert guard.local is not None and guard.local.probe_lease == 7.5
+        clock = FakeClock(1e6)
+        guard = GuardedBreakerStore(store, "local", clock, "breaker 'svc'")
+        half_open = Transition(
+            expected_version=0,
+            state=CircuitState.HALF_OPEN,
+            reason="probe",
+            trips=1,
+            break_duration=0.0,
+            now=1e6,
+        )
+        assert guard.breaker_transition("svc", half_open)[0]
+        assert guard.local is not None and guard.probe_lease == 7.5
+        assert guard.breaker_acquire_probe("svc", 1, 1, None, 1e6)
+        assert not guard.breaker_acquire_probe("svc", 1, 1, None, 1e6 + 7.0)
+        assert guard.breaker_acquire_probe("svc", 1, 1, None, 1e6 + 7.5)  # lapsed
     finally:
         store.close()

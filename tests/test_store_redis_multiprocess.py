@@ -15,6 +15,7 @@ import redis
 import resilience as rs
 from resilience.breaker import CircuitBreaker, CircuitState
 from resilience.ratelimit import RateLimiter
+from resilience.storage.breakers import Transition
 from resilience.storage.redis import RedisStore
 
 from .backends import STORE_TIMEOUT, require_redis
@@ -149,7 +150,17 @@ def test_processes_run_no_more_than_half_open_calls_probes_at_once(workers: Work
         ]
         time.sleep(0.3)
         # Open the circuit for 0.2 s: every process then races to probe.
-        won, _ = store.breaker_transition("shared", 0, CircuitState.OPEN, "down", 1, 0.2, 0.0)
+        won, _ = store.breaker_transition(
+            "shared",
+            Transition(
+                expected_version=0,
+                state=CircuitState.OPEN,
+                reason="down",
+                trips=1,
+                break_duration=0.2,
+                now=0.0,
+            ),
+        )
         assert won
         start.set()
         outcomes = [result.get(timeout=30) for result in results]
@@ -177,7 +188,15 @@ def test_processes_get_no_more_than_limit_permits_in_total(workers: Workers) -> 
     store = RedisStore(url, prefix=prefix, timeout=STORE_TIMEOUT)
     try:
         won, snapshot = store.breaker_transition(
-            "shared", 0, CircuitState.HALF_OPEN, "probing", 1, 0.0, 0.0
+            "shared",
+            Transition(
+                expected_version=0,
+                state=CircuitState.HALF_OPEN,
+                reason="probing",
+                trips=1,
+                break_duration=0.0,
+                now=0.0,
+            ),
         )
         assert won
         start = workers.manager.Event()

@@ -20,6 +20,7 @@ import resilience as rs
 from resilience._core.breaker import MAX_BREAK, CircuitState
 from resilience._core.bucket import BucketSpec
 from resilience.storage import sqlite as sqlite_module
+from resilience.storage.breakers import Transition
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.sqlite import SQLiteStore
 from resilience.testing import FakeClock
@@ -247,7 +248,17 @@ def test_every_key_goes_through_encode_key(tmp_path: Path, monkeypatch: pytest.M
 def test_huge_and_non_finite_breaks_hold(tmp_path: Path, duration: float) -> None:
     clock = FakeClock(FAR)
     store = SQLiteStore(tmp_path / "s.db", clock=clock)
-    won, snapshot = store.breaker_transition("c", 0, CircuitState.OPEN, "x", 1, duration, 0.0)
+    won, snapshot = store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="x",
+            trips=1,
+            break_duration=duration,
+            now=0.0,
+        ),
+    )
     assert won and snapshot.state is CircuitState.OPEN
     expected = duration if math.isfinite(duration) else MAX_BREAK
     assert snapshot.break_remaining == pytest.approx(expected)
@@ -261,7 +272,17 @@ def test_huge_and_non_finite_breaks_hold(tmp_path: Path, duration: float) -> Non
 def test_a_row_holding_an_infinite_break_reads_as_open(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = SQLiteStore(path, clock=FakeClock(FAR))
-    store.breaker_transition("c", 0, CircuitState.OPEN, "x", 1, 30.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="x",
+            trips=1,
+            break_duration=30.0,
+            now=0.0,
+        ),
+    )
     with sqlite3.connect(path) as raw:  # as an older version wrote it
         raw.execute("UPDATE resilience_circuits SET open_until = ? WHERE name = 'c'", (math.inf,))
     snapshot = store.breaker_load("c", 0.0)
@@ -293,8 +314,28 @@ def test_a_breaker_with_a_huge_break_stays_open(tmp_path: Path) -> None:
 
 
 def _half_open(store: SQLiteStore, name: str = "c") -> int:
-    store.breaker_transition(name, 0, CircuitState.OPEN, "down", 1, 1.0, 0.0)
-    won, snapshot = store.breaker_transition(name, 1, CircuitState.HALF_OPEN, "probe", 1, 0.0, 0.0)
+    store.breaker_transition(
+        name,
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="down",
+            trips=1,
+            break_duration=1.0,
+            now=0.0,
+        ),
+    )
+    won, snapshot = store.breaker_transition(
+        name,
+        Transition(
+            expected_version=1,
+            state=CircuitState.HALF_OPEN,
+            reason="probe",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     assert won
     return snapshot.version
 

@@ -23,6 +23,7 @@ import resilience as rs
 from resilience._core.breaker import CircuitState
 from resilience._core.bucket import BucketSpec
 from resilience.storage import sqlite as sqlite_module
+from resilience.storage.breakers import Transition
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.sqlite import SQLiteStore
 from resilience.testing import FakeClock
@@ -167,8 +168,28 @@ def test_a_permit_held_by_a_killed_process_lapses(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     clock = FakeClock(FAR)
     store = SQLiteStore(path, clock=clock, probe_lease=30.0, breaker_staleness=0.0)
-    store.breaker_transition("c", 0, CircuitState.OPEN, "down", 1, 5.0, 0.0)
-    store.breaker_transition("c", 1, CircuitState.HALF_OPEN, "probe", 1, 0.0, 0.0)
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=0,
+            state=CircuitState.OPEN,
+            reason="down",
+            trips=1,
+            break_duration=5.0,
+            now=0.0,
+        ),
+    )
+    store.breaker_transition(
+        "c",
+        Transition(
+            expected_version=1,
+            state=CircuitState.HALF_OPEN,
+            reason="probe",
+            trips=1,
+            break_duration=0.0,
+            now=0.0,
+        ),
+    )
     with another_process(HOLDER, str(path), repr(clock.now())) as holder:
         assert first_line(holder) == "True"  # it holds the only permit
         os.kill(holder.pid, signal.SIGKILL)

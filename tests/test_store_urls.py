@@ -9,8 +9,8 @@ import pytest
 
 import resilience as rs
 from resilience.storage import MemoryStore, store_from_url
-from resilience.storage.breakers import BreakerStore, MemoryBreakerStore
-from resilience.storage.buckets import BucketStore, MemoryBucketStore
+from resilience.storage.breakers import BreakerStore, InfallibleBreakerStore, MemoryBreakerStore
+from resilience.storage.buckets import BucketStore, FastTake, MemoryBucketStore
 from resilience.testing import FakeClock
 
 
@@ -18,9 +18,12 @@ def test_memory() -> None:
     clock = FakeClock(1_000_000.0)
     store = store_from_url("memory://", clock=clock)
     assert isinstance(store, MemoryStore)
-    assert isinstance(store, MemoryBucketStore) and isinstance(store, MemoryBreakerStore)
+    # A composition of the two memory stores, with both protocols and their capabilities.
+    assert isinstance(store.buckets, MemoryBucketStore)
+    assert isinstance(store.breakers, MemoryBreakerStore)
     assert isinstance(store, BucketStore) and isinstance(store, BreakerStore)
-    assert store._bucket_clock is clock
+    assert isinstance(store, FastTake) and isinstance(store, InfallibleBreakerStore)
+    assert store.clock is clock
     assert "MemoryStore(buckets=0, circuits=0" in repr(store)
     limiter = rs.RateLimiter("x", rate=1, store=store)
     assert limiter._take_one is not None  # the memory fast path

@@ -1,9 +1,11 @@
 """The circuit breaker's pure core: states, sliding windows, transition rules.
 
 Nothing here does I/O, reads a clock or takes a lock: time comes in as ``now``
-and the caller (the sync or async driver in :mod:`resilience.breaker`)
-serializes access. The same code therefore serves threads, asyncio tasks and,
-through :mod:`resilience.storage.breakers`, several processes.
+and the caller (the driver in :mod:`resilience._async.breaker`, or its
+generated sync twin) serializes access. The same code therefore serves
+threads, asyncio tasks and, through :mod:`resilience.storage.breakers`,
+several processes. The shared circuit's own rules are in
+:mod:`resilience._core.circuit`.
 
 Outcomes are small ints so a count window can keep them in a ``bytearray``:
 
@@ -357,8 +359,9 @@ def take_probe(
     last one was handed out (``lapse_at``), so permits held by a process that
     died, or by a task cancelled before it could hand its permit back, cannot
     wedge the circuit in HALF_OPEN. Returns ``(granted, out, lapse_at)``: the
-    new values to store. Every store applies this rule (memory and SQLite call
-    it; the Redis and PostgreSQL scripts are checked against it).
+    new values to store. Every store applies this rule (memory and SQLite
+    through :func:`resilience._core.circuit.acquire_probe`; the Redis and
+    PostgreSQL scripts are checked against it).
     """
     if now >= lapse_at:
         out = 0

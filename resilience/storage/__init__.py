@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._clock import Clock
+from .._core.bucket import BucketSpec, Decision
 from ..errors import ConfigurationError
-from .breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore
-from .buckets import BucketRequest, BucketStore, MemoryBucketStore
+from .breakers import (
+    BreakerStore,
+    CircuitSnapshot,
+    MemoryBreakerStore,
+    SnapshotCallback,
+    Transition,
+)
+from .buckets import BucketRequest, BucketStore, FastTaker, MemoryBucketStore
 from .leasing import LeasingBucketStore
 
 if TYPE_CHECKING:
@@ -47,23 +55,118 @@ __all__ = [
 # RedisStore. They are left out of __all__ so that a star import loads no driver.
 
 
-class MemoryStore(MemoryBucketStore, MemoryBreakerStore):
+class MemoryStore:
     """Every policy's state in this process's memory: buckets and circuits.
 
     What :func:`store_from_url` returns for ``memory://``. Limiters and
     breakers given the same instance share their state inside this process
     (and the limiters keep their in-memory fast path). ``clock`` is the clock
     the buckets read (the system's monotonic clock by default).
+
+    A composition: its :attr:`buckets` (a :class:`MemoryBucketStore`) and its
+    :attr:`breakers` (a :class:`MemoryBreakerStore`) answer each protocol's
+    calls, forwarded one by one; it has their capabilities too (the limiters'
+    :class:`~resilience.storage.buckets.FastTake`, the breakers'
+    :class:`~resilience.storage.breakers.InfallibleBreakerStore`).
     """
 
+    breaker_infallible: Literal[True] = True
+
     def __init__(self, clock: Clock | None = None) -> None:
-        # MemoryBucketStore.__init__ -> MemoryBreakerStore.__init__ -> object.
-        super().__init__(clock)
+        self.buckets = MemoryBucketStore(clock)
+        self.breakers = MemoryBreakerStore()
+        self.breaker_staleness: float = self.breakers.breaker_staleness
+        self.probe_lease: float = self.breakers.probe_lease
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the buckets read."""
+        return self.buckets.clock
+
+    # -- BucketStore, and its FastTake capability --------------------------------------
+
+    def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
+        return self.buckets.bucket_take(requests, max_wait)
+
+    def bucket_refund(
+        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
+    ) -> None:
+        self.buckets.bucket_refund(requests, reserved)
+
+    def bucket_penalize(self, name: str, key: str | None, spec: BucketSpec, seconds: float) -> None:
+        self.buckets.bucket_penalize(name, key, spec, seconds)
+
+    def bucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
+        return self.buckets.bucket_tokens(name, key, spec)
+
+    async def abucket_take(
+        self, requests: Sequence[BucketRequest], max_wait: float = 0.0
+    ) -> Decision:
+        return await self.buckets.abucket_take(requests, max_wait)
+
+    async def abucket_refund(
+        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
+    ) -> None:
+        await self.buckets.abucket_refund(requests, reserved)
+
+    async def abucket_penalize(
+        self, name: str, key: str | None, spec: BucketSpec, seconds: float
+    ) -> None:
+        await self.buckets.abucket_penalize(name, key, spec, seconds)
+
+    async def abucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
+        return await self.buckets.abucket_tokens(name, key, spec)
+
+    def bucket_fast_take(self, name: str, spec: BucketSpec) -> FastTaker:
+        return self.buckets.bucket_fast_take(name, spec)
+
+    def bucket_count(self, name: str | None = None) -> int:
+        """Buckets held, for one limiter name or for all (idle ones included)."""
+        return self.buckets.bucket_count(name)
+
+    def evict_idle_buckets(self) -> int:
+        """Drop every bucket that is full again now; returns how many were dropped."""
+        return self.buckets.evict_idle_buckets()
+
+    # -- BreakerStore --------------------------------------------------------------------
+
+    def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
+        return self.breakers.breaker_load(name, now)
+
+    def breaker_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
+        return self.breakers.breaker_transition(name, change)
+
+    def breaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
+        return self.breakers.breaker_acquire_probe(name, version, limit, lease, now)
+
+    def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
+        return self.breakers.breaker_release_probe(name, version, succeeded)
+
+    def breaker_watch(self, name: str, callback: SnapshotCallback) -> Callable[[], None]:
+        return self.breakers.breaker_watch(name, callback)
+
+    async def abreaker_load(self, name: str, now: float) -> CircuitSnapshot:
+        return await self.breakers.abreaker_load(name, now)
+
+    async def abreaker_transition(
+        self, name: str, change: Transition
+    ) -> tuple[bool, CircuitSnapshot]:
+        return await self.breakers.abreaker_transition(name, change)
+
+    async def abreaker_acquire_probe(
+        self, name: str, version: int, limit: int, lease: float | None, now: float
+    ) -> bool:
+        return await self.breakers.abreaker_acquire_probe(name, version, limit, lease, now)
+
+    async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
+        return await self.breakers.abreaker_release_probe(name, version, succeeded)
 
     def __repr__(self) -> str:
         return (
             f"MemoryStore(buckets={self.bucket_count()}, "
-            f"circuits={len(self._breaker_circuits)}, clock={self._bucket_clock!r})"
+            f"circuits={self.breakers.circuit_count()}, clock={self.clock!r})"
         )
 
 

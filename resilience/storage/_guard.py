@@ -22,23 +22,43 @@ stores) talks to it through a guard, which implements the same protocol:
     saw; on recovery the shared circuit wins (versions are shifted so that the
     breaker adopts it).
 
+The store calls, sync and async, are written once in
+:mod:`resilience._async.guard` (``resilience._sync.guard`` is generated); the
+classes here hold the guards' state and what each mode answers instead.
+
 The memory stores never fail, so policies on them use no guard: their fast
 paths are untouched.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import threading
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from .._async.guard import BreakerGuardCalls as _AsyncBreakerCalls
+from .._async.guard import BucketGuardCalls as _AsyncBucketCalls
 from .._clock import Clock
-from .._core.breaker import CircuitState
 from .._core.bucket import Decision
+from .._core.circuit import (
+    NEVER_MOVED,
+    Circuit,
+    CircuitSnapshot,
+    Transition,
+    acquire_probe,
+    lease_or,
+    release_probe,
+    seeded,
+    snapshot,
+    transition,
+)
+from .._sync.guard import BreakerGuardCalls as _SyncBreakerCalls
+from .._sync.guard import BucketGuardCalls as _SyncBucketCalls
 from ..errors import StoreUnavailable
-from .breakers import BreakerStore, CircuitSnapshot, MemoryBreakerStore, SnapshotCallback
+from ..telemetry.channel import Telemetry
+from ..telemetry.events import StoreOutage, StoreRecovered
+from .breakers import DEFAULT_PROBE_LEASE, BreakerStore, SnapshotCallback, hold_weakly
 from .buckets import BucketRequest, BucketStore, MemoryBucketStore
 
 __all__ = [
@@ -55,24 +75,20 @@ FailureMode: TypeAlias = Literal["fail_closed", "fail_open", "local"]
 STORE_RETRY_INTERVAL = 1.0
 """Seconds between two attempts to reach a store that is down (per policy)."""
 
-_log = logging.getLogger("resilience.storage")
-
-_ACTIONS = {
-    "fail_closed": "refusing calls that need it",
-    "fail_open": "letting calls through",
-    "local": "falling back to in-process state",
-}
-
 
 class _Outage:
-    """One policy's view of its store's health: logs once per outage, backs off."""
+    """One policy's view of its store's health: reports once per outage, backs off."""
 
-    __slots__ = ("_clock", "_lock", "_mode", "_owner", "error", "retry_at", "since")
+    __slots__ = ("_clock", "_lock", "_mode", "_owner", "_telemetry", "error", "retry_at", "since")
 
-    def __init__(self, owner: str, mode: FailureMode, clock: Clock) -> None:
+    def __init__(
+        self, owner: str, mode: FailureMode, clock: Clock, telemetry: Telemetry | None = None
+    ) -> None:
         self._owner = owner
         self._mode = mode
         self._clock = clock
+        # The owning policy's channel (until a policy hands it over: one named after ``owner``).
+        self._telemetry = Telemetry("store", owner) if telemetry is None else telemetry
         self._lock = threading.Lock()
         self.error: StoreUnavailable | None = None
         self.since = 0.0
@@ -93,26 +109,20 @@ class _Outage:
                 self.since = now
             self.error = error
             self.retry_at = now + STORE_RETRY_INTERVAL
-        if first:
-            _log.warning(
-                "%s: store %s unavailable (%s); %s until it recovers",
-                self._owner,
-                error.store,
-                error.reason,
-                _ACTIONS[self._mode],
-                extra={"store": error.store, "policy": self._owner, "mode": self._mode},
+        if first and self._telemetry.wants(StoreOutage):
+            self._telemetry.emit(
+                StoreOutage(
+                    self._telemetry.name, error.store, error.reason, self._mode, self._owner
+                )
             )
 
     def recovered(self) -> None:
         with self._lock:
             error, self.error = self.error, None
-        if error is not None:
-            _log.info(
-                "%s: store %s available again after %.3fs",
-                self._owner,
-                error.store,
-                self._clock.now() - self.since,
-                extra={"store": error.store, "policy": self._owner},
+        if error is not None and self._telemetry.wants(StoreRecovered):
+            downtime = self._clock.now() - self.since
+            self._telemetry.emit(
+                StoreRecovered(self._telemetry.name, error.store, downtime, self._owner)
             )
 
 
@@ -123,48 +133,21 @@ def _again(error: StoreUnavailable) -> StoreUnavailable:
     return fresh
 
 
-class GuardedBucketStore:
-    """A :class:`BucketStore` that applies ``mode`` while ``store`` is unavailable."""
+class BucketGuardState:
+    """A bucket guard's state, and what each mode answers instead of the store."""
 
-    def __init__(self, store: BucketStore, mode: FailureMode, clock: Clock, owner: str) -> None:
+    def __init__(
+        self,
+        store: BucketStore,
+        mode: FailureMode,
+        clock: Clock,
+        owner: str,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.store = store
         self.mode = mode
-        self.outage = _Outage(owner, mode, clock)
+        self.outage = _Outage(owner, mode, clock, telemetry)
         self.local = MemoryBucketStore(clock) if mode == "local" else None
-
-    def _call(self, call: Callable[[], T], fallback: Callable[[StoreUnavailable], T]) -> T:
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                result = call()
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        return fallback(error)
-
-    async def _acall(
-        self, call: Callable[[], Awaitable[T]], fallback: Callable[[StoreUnavailable], T]
-    ) -> T:
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                result = await call()
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        return fallback(error)
-
-    # What each mode answers instead of the store.
 
     def _take_instead(
         self, requests: Sequence[BucketRequest], max_wait: float
@@ -199,345 +182,155 @@ class GuardedBucketStore:
 
         return fallback
 
-    def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
-        return self._call(
-            lambda: self.store.bucket_take(requests, max_wait),
-            self._take_instead(requests, max_wait),
-        )
 
-    def bucket_refund(
-        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
-    ) -> None:
-        self._call(
-            lambda: self.store.bucket_refund(requests, reserved),
-            self._refund_instead(requests, reserved),
-        )
-
-    def bucket_penalize(self, name: str, key: str | None, spec: Any, seconds: float) -> None:
-        self._call(
-            lambda: self.store.bucket_penalize(name, key, spec, seconds),
-            self._apply_instead(
-                lambda local: local.bucket_penalize(name, key, spec, seconds), None
-            ),
-        )
-
-    def bucket_tokens(self, name: str, key: str | None, spec: Any) -> float:
-        result: float = self._call(
-            lambda: self.store.bucket_tokens(name, key, spec),
-            self._apply_instead(
-                lambda local: local.bucket_tokens(name, key, spec), float(spec.burst)
-            ),
-        )
-        return result
-
-    async def abucket_take(
-        self, requests: Sequence[BucketRequest], max_wait: float = 0.0
-    ) -> Decision:
-        return await self._acall(
-            lambda: self.store.abucket_take(requests, max_wait),
-            self._take_instead(requests, max_wait),
-        )
-
-    async def abucket_refund(
-        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
-    ) -> None:
-        await self._acall(
-            lambda: self.store.abucket_refund(requests, reserved),
-            self._refund_instead(requests, reserved),
-        )
-
-    async def abucket_penalize(self, name: str, key: str | None, spec: Any, seconds: float) -> None:
-        await self._acall(
-            lambda: self.store.abucket_penalize(name, key, spec, seconds),
-            self._apply_instead(
-                lambda local: local.bucket_penalize(name, key, spec, seconds), None
-            ),
-        )
-
-    async def abucket_tokens(self, name: str, key: str | None, spec: Any) -> float:
-        result: float = await self._acall(
-            lambda: self.store.abucket_tokens(name, key, spec),
-            self._apply_instead(
-                lambda local: local.bucket_tokens(name, key, spec), float(spec.burst)
-            ),
-        )
-        return result
+class GuardedBucketStore(_SyncBucketCalls, _AsyncBucketCalls, BucketGuardState):
+    """A :class:`BucketStore` that applies ``mode`` while ``store`` is unavailable."""
 
     def __repr__(self) -> str:
         return f"GuardedBucketStore({self.store!r}, mode={self.mode!r})"
 
 
-class GuardedBreakerStore:
-    """A :class:`BreakerStore` that applies ``mode`` while ``store`` is unavailable.
+class BreakerGuardState:
+    """A breaker guard's state: versions as the breaker sees them, and the local
+    circuits that answer in ``"local"`` mode (run by the pure rules of
+    :mod:`resilience._core.circuit`, as the memory store runs them)."""
 
-    In ``"fail_closed"`` and ``"fail_open"`` modes it raises
-    ``StoreUnavailable`` (at once while backing off), and the breaker decides.
-    In ``"local"`` mode it answers from a private :class:`MemoryBreakerStore`
-    seeded with the last snapshot it relayed. Versions the breaker sees are the
-    store's plus ``offset``; on recovery ``offset`` grows past every local
-    version, so the breaker adopts the shared circuit as newer.
-    """
-
-    def __init__(self, store: BreakerStore, mode: FailureMode, clock: Clock, owner: str) -> None:
+    def __init__(
+        self,
+        store: BreakerStore,
+        mode: FailureMode,
+        clock: Clock,
+        owner: str,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.store = store
         self.mode = mode
         self.breaker_staleness = store.breaker_staleness
-        self.outage = _Outage(owner, mode, clock)
+        # Local permits lapse as they would on the shared store.
+        self.probe_lease: float = getattr(store, "probe_lease", DEFAULT_PROBE_LEASE)
+        self.outage = _Outage(owner, mode, clock, telemetry)
         self._clock = clock
         self._lock = threading.Lock()
         self.offset = 0
-        self.local: MemoryBreakerStore | None = None
+        """Added to the store's versions, so that the breaker adopts the shared
+        circuit as newer than any local one after an outage."""
+        self.local: dict[str, Circuit] | None = None
+        """The local circuits, by name, while the store is down in ``"local"`` mode."""
         # name -> (the newest snapshot relayed, as the breaker saw it; when)
         self._last: dict[str, tuple[CircuitSnapshot, float]] = {}
 
     # -- versions and snapshots --------------------------------------------------------
 
-    def _seen(self, name: str, snapshot: CircuitSnapshot, offset: int) -> CircuitSnapshot:
+    def _seen(self, name: str, current: CircuitSnapshot, offset: int) -> CircuitSnapshot:
         """A store snapshot as the breaker sees it; remembered if newest."""
         if offset:
-            snapshot = CircuitSnapshot(
-                snapshot.state,
-                snapshot.version + offset,
-                snapshot.trips,
-                snapshot.reason,
-                snapshot.break_remaining,
-            )
-        self._remember(name, snapshot)
-        return snapshot
+            current = dataclasses.replace(current, version=current.version + offset)
+        self._remember(name, current)
+        return current
 
-    def _remember(self, name: str, snapshot: CircuitSnapshot) -> None:
+    @staticmethod
+    def _shifted(change: Transition, offset: int) -> Transition:
+        """``change`` in the store's versions."""
+        if not offset:
+            return change
+        return dataclasses.replace(change, expected_version=change.expected_version - offset)
+
+    def _remember(self, name: str, current: CircuitSnapshot) -> None:
         with self._lock:
             last = self._last.get(name)
-            if last is None or snapshot.version >= last[0].version:
-                self._last[name] = (snapshot, self._clock.now())
+            if last is None or current.version >= last[0].version:
+                self._last[name] = (current, self._clock.now())
 
-    def _go_local(self, name: str, now: float) -> MemoryBreakerStore:
-        """The local store, its circuit ``name`` seeded from the last snapshot seen."""
-        with self._lock:
-            local = self.local
-            if local is None:
-                local = self.local = MemoryBreakerStore()
-                # Permits lapse as they would on the shared store.
-                local.probe_lease = getattr(self.store, "probe_lease", local.probe_lease)
-            last = self._last.get(name)
-            circuit = local._breaker_circuit(name)
-            if last is not None and circuit.version < last[0].version:
-                snapshot, seen_at = last
-                circuit.version = snapshot.version
-                circuit.state = snapshot.state
-                circuit.trips = snapshot.trips
-                circuit.reason = snapshot.reason
-                circuit.open_until = (
-                    seen_at + snapshot.break_remaining
-                    if snapshot.state is CircuitState.OPEN
-                    else 0.0
-                )
-                circuit.probes_out = circuit.probe_successes = 0
-                circuit.probes_lapse_at = 0.0
-            return local
-
-    def _come_back(self, name: str, snapshot: CircuitSnapshot) -> None:
+    def _come_back(self, current: CircuitSnapshot) -> None:
         """The store answered after a local period: shift versions past the local ones."""
         with self._lock:
             local, self.local = self.local, None
             if local is None:
                 return
-            highest = max((c.version for c in local._breaker_circuits.values()), default=0)
-            self.offset = max(self.offset, highest + 1 - snapshot.version)
+            highest = max((circuit.version for circuit in local.values()), default=0)
+            self.offset = max(self.offset, highest + 1 - current.version)
 
-    # -- the call wrapper ---------------------------------------------------------------
+    # -- what the modes answer instead of the store ------------------------------------
 
-    def _call(
-        self,
-        name: str,
-        now: float,
-        remote: Callable[[int], T],
-        local: Callable[[MemoryBreakerStore], T],
-    ) -> T:
-        """``remote(offset)`` on the store, or the mode's answer; ``local(store)`` in local mode."""
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                if self.local is not None:  # back after a local period: sync versions first
-                    self._come_back(name, self.store.breaker_load(name, now))
-                result = remote(self.offset)
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        if self.mode == "local":
-            return local(self._go_local(name, now))
-        raise _again(error)
+    def _instead(self, name: str, now: float, local: Callable[[], T], error: StoreUnavailable) -> T:
+        if self.mode != "local":
+            raise _again(error)
+        with self._lock:
+            circuits = self.local
+            if circuits is None:
+                circuits = self.local = {}
+            last = self._last.get(name)
+            # The local circuit starts from the last shared state the breaker saw.
+            if last is not None and circuits.get(name, NEVER_MOVED).version < last[0].version:
+                circuits[name] = seeded(*last)
+        return local()
 
-    async def _acall(
-        self,
-        name: str,
-        now: float,
-        remote: Callable[[int], Awaitable[T]],
-        local: Callable[[MemoryBreakerStore], T],
-    ) -> T:
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                if self.local is not None:
-                    self._come_back(name, await self.store.abreaker_load(name, now))
-                result = await remote(self.offset)
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        if self.mode == "local":
-            return local(self._go_local(name, now))
-        raise _again(error)
+    def _local(self, name: str) -> Circuit:
+        circuits = self.local  # None: the store came back meanwhile
+        return NEVER_MOVED if circuits is None else circuits.get(name, NEVER_MOVED)
 
-    # -- the protocol --------------------------------------------------------------------
+    def _store_local(self, name: str, circuit: Circuit) -> None:
+        if self.local is not None:  # None: the store came back meanwhile
+            self.local[name] = circuit
 
-    def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
-        return self._call(
-            name,
-            now,
-            lambda offset: self._seen(name, self.store.breaker_load(name, now), offset),
-            lambda local: self._local_seen(name, local.breaker_load(name, now)),
-        )
+    def _local_load(self, name: str, now: float) -> CircuitSnapshot:
+        with self._lock:
+            current = snapshot(self._local(name), now)
+        self._remember(name, current)
+        return current
 
-    def _local_seen(self, name: str, snapshot: CircuitSnapshot) -> CircuitSnapshot:
-        self._remember(name, snapshot)
-        return snapshot
+    def _local_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
+        with self._lock:
+            won, circuit = transition(self._local(name), change)
+            if won:
+                self._store_local(name, circuit)
+        current = snapshot(circuit, change.now)
+        self._remember(name, current)
+        return won, current
 
-    def _transitioned(
-        self, name: str, result: tuple[bool, CircuitSnapshot], offset: int
-    ) -> tuple[bool, CircuitSnapshot]:
-        return result[0], self._seen(name, result[1], offset)
-
-    def breaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
-        def remote(offset: int) -> tuple[bool, CircuitSnapshot]:
-            result = self.store.breaker_transition(
-                name, expected_version - offset, state, reason, trips, break_duration, now
-            )
-            return self._transitioned(name, result, offset)
-
-        def local(store: MemoryBreakerStore) -> tuple[bool, CircuitSnapshot]:
-            won, snapshot = store.breaker_transition(
-                name, expected_version, state, reason, trips, break_duration, now
-            )
-            return won, self._local_seen(name, snapshot)
-
-        return self._call(name, now, remote, local)
-
-    def breaker_acquire_probe(
+    def _local_acquire(
         self, name: str, version: int, limit: int, lease: float | None, now: float
     ) -> bool:
-        return self._call(
-            name,
-            now,
-            lambda offset: self.store.breaker_acquire_probe(
-                name, version - offset, limit, lease, now
-            ),
-            lambda local: local.breaker_acquire_probe(name, version, limit, lease, now),
-        )
+        held = lease_or(lease, self.probe_lease)
+        with self._lock:
+            granted, circuit = acquire_probe(self._local(name), version, limit, held, now)
+            if granted:
+                self._store_local(name, circuit)
+        return granted
 
-    def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
-        now = self._clock.now()
-        return self._call(
-            name,
-            now,
-            lambda offset: self.store.breaker_release_probe(name, version - offset, succeeded),
-            lambda local: local.breaker_release_probe(name, version, succeeded),
-        )
+    def _local_release(self, name: str, version: int, succeeded: bool | None) -> int:
+        with self._lock:
+            successes, circuit = release_probe(self._local(name), version, succeeded)
+            if successes >= 0:
+                self._store_local(name, circuit)
+        return successes
+
+
+class GuardedBreakerStore(_SyncBreakerCalls, _AsyncBreakerCalls, BreakerGuardState):
+    """A :class:`BreakerStore` that applies ``mode`` while ``store`` is unavailable.
+
+    In ``"fail_closed"`` and ``"fail_open"`` modes it raises
+    ``StoreUnavailable`` (at once while backing off), and the breaker decides.
+    In ``"local"`` mode it answers from local circuits seeded with the last
+    snapshot it relayed. Versions the breaker sees are the store's plus
+    ``offset``; on recovery ``offset`` grows past every local version, so the
+    breaker adopts the shared circuit as newer.
+    """
 
     def breaker_watch(self, name: str, callback: SnapshotCallback) -> Callable[[], None] | None:
         # The store may hold the callback for long: hold a breaker's bound method weakly.
-        ref: Callable[[], SnapshotCallback | None]
-        if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
-            ref = weakref.WeakMethod(callback)
-        else:
-            ref = lambda: callback  # noqa: E731 - the same shape as a WeakMethod
+        ref = hold_weakly(callback)
 
-        def relay(snapshot: CircuitSnapshot) -> None:
+        def relay(current: CircuitSnapshot) -> None:
             target = ref()
             if target is not None:
-                target(self._seen(name, snapshot, self.offset))
+                target(self._seen(name, current, self.offset))
 
         try:
             return self.store.breaker_watch(name, relay)
         except StoreUnavailable as failure:
             self.outage.failed(failure)
             return None
-
-    async def abreaker_load(self, name: str, now: float) -> CircuitSnapshot:
-        async def remote(offset: int) -> CircuitSnapshot:
-            return self._seen(name, await self.store.abreaker_load(name, now), offset)
-
-        return await self._acall(
-            name, now, remote, lambda local: self._local_seen(name, local.breaker_load(name, now))
-        )
-
-    async def abreaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
-        async def remote(offset: int) -> tuple[bool, CircuitSnapshot]:
-            result = await self.store.abreaker_transition(
-                name, expected_version - offset, state, reason, trips, break_duration, now
-            )
-            return self._transitioned(name, result, offset)
-
-        def local(store: MemoryBreakerStore) -> tuple[bool, CircuitSnapshot]:
-            won, snapshot = store.breaker_transition(
-                name, expected_version, state, reason, trips, break_duration, now
-            )
-            return won, self._local_seen(name, snapshot)
-
-        return await self._acall(name, now, remote, local)
-
-    async def abreaker_acquire_probe(
-        self, name: str, version: int, limit: int, lease: float | None, now: float
-    ) -> bool:
-        async def remote(offset: int) -> bool:
-            return await self.store.abreaker_acquire_probe(
-                name, version - offset, limit, lease, now
-            )
-
-        return await self._acall(
-            name,
-            now,
-            remote,
-            lambda local: local.breaker_acquire_probe(name, version, limit, lease, now),
-        )
-
-    async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
-        async def remote(offset: int) -> int:
-            return await self.store.abreaker_release_probe(name, version - offset, succeeded)
-
-        return await self._acall(
-            name,
-            self._clock.now(),
-            remote,
-            lambda local: local.breaker_release_probe(name, version, succeeded),
-        )
 
     def __repr__(self) -> str:
         return f"GuardedBreakerStore({self.store!r}, mode={self.mode!r})"

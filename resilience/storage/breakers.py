@@ -17,8 +17,9 @@ does. Opening is then published to the fleet through the store.
 The contract
 ------------
 * **Versioned compare-and-set.** Every state change goes through
-  :meth:`BreakerStore.breaker_transition`, which applies only if the circuit is
-  still at ``expected_version``; it then bumps the version by one. When several
+  :meth:`BreakerStore.breaker_transition` with a :class:`Transition`, which
+  applies only if the circuit is still at its ``expected_version``; it then
+  bumps the version by one. When several
   processes race to open, half-open or close the same circuit, exactly one
   wins; the others get the winner's snapshot back and adopt it.
 * **Bounded probes.** In HALF_OPEN, :meth:`BreakerStore.breaker_acquire_probe`
@@ -26,8 +27,8 @@ The contract
   atomically, so the fleet-wide number of concurrent probes is bounded.
   Permits belong to one version: a transition drops them all.
 * **Leased probes.** Permits lapse together ``lease`` seconds after the last
-  one was handed out (:func:`resilience._core.breaker.take_probe` is the rule
-  every store applies), so a probe whose process was killed, or whose task was
+  one was handed out (:mod:`resilience._core.circuit` holds the rules every
+  store applies), so a probe whose process was killed, or whose task was
   cancelled while taking or handing back its permit, cannot wedge the circuit
   in HALF_OPEN. ``lease=None`` means the store's own ``probe_lease``.
 * **Store time, relative answers.** ``now`` is the caller's monotonic clock.
@@ -45,6 +46,9 @@ The contract
   the async driver; a network store implements both over its sync and async
   clients. Method names start with ``breaker_`` so that one class can also
   implement other policies' store protocols.
+* **Capabilities.** A store that can never be unavailable (it lives in this
+  process's memory) says so with :class:`InfallibleBreakerStore`; a breaker
+  then calls it directly, with no outage guard in between.
 """
 
 from __future__ import annotations
@@ -52,33 +56,33 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from .._core.breaker import CircuitState, take_probe
+from .._core.circuit import (
+    INITIAL,
+    NEVER_MOVED,
+    Circuit,
+    CircuitSnapshot,
+    Transition,
+    acquire_probe,
+    lease_or,
+    release_probe,
+    snapshot,
+    transition,
+)
 
-__all__ = ["DEFAULT_PROBE_LEASE", "BreakerStore", "CircuitSnapshot", "MemoryBreakerStore"]
+__all__ = [
+    "DEFAULT_PROBE_LEASE",
+    "INITIAL",
+    "BreakerStore",
+    "CircuitSnapshot",
+    "InfallibleBreakerStore",
+    "MemoryBreakerStore",
+    "Transition",
+]
 
 DEFAULT_PROBE_LEASE = 60.0
 """Seconds a half-open probe permit is held at most, unless the breaker or store says."""
-
-
-@dataclass(frozen=True, slots=True)
-class CircuitSnapshot:
-    """The shared state of one circuit, as a store reports it."""
-
-    state: CircuitState
-    version: int
-    """Bumped by one on every transition; compare-and-set is on this number."""
-    trips: int = 0
-    """Openings in a row without closing in between (grows the break duration)."""
-    reason: str = ""
-    """Why the circuit last changed state."""
-    break_remaining: float = 0.0
-    """Seconds until the break is over, when the store answered (0 unless OPEN)."""
-
-
-INITIAL = CircuitSnapshot(CircuitState.CLOSED, 0, 0, "initial state", 0.0)
 
 SnapshotCallback = Callable[[CircuitSnapshot], None]
 
@@ -94,21 +98,12 @@ class BreakerStore(Protocol):
         """The circuit's current snapshot (CLOSED at version 0 if never seen)."""
         ...
 
-    def breaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
-        """Move the circuit to ``state`` if it is still at ``expected_version``.
+    def breaker_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
+        """Apply ``change`` if the circuit is still at ``change.expected_version``.
 
-        On success the version becomes ``expected_version + 1``, the break (for
-        OPEN) ends ``break_duration`` seconds from now, and all probe permits
-        are dropped. Returns ``(won, snapshot)``: the new snapshot if this call
+        On success the version goes up by one, the break (for OPEN) ends
+        ``change.break_duration`` seconds from now, and all probe permits are
+        dropped. Returns ``(won, snapshot)``: the new snapshot if this call
         won, else the current one, which the caller adopts.
         """
         ...
@@ -135,14 +130,7 @@ class BreakerStore(Protocol):
     async def abreaker_load(self, name: str, now: float) -> CircuitSnapshot: ...
 
     async def abreaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
+        self, name: str, change: Transition
     ) -> tuple[bool, CircuitSnapshot]: ...
 
     async def abreaker_acquire_probe(
@@ -154,35 +142,23 @@ class BreakerStore(Protocol):
     ) -> int: ...
 
 
-class _Circuit:
-    """One circuit's shared state inside a :class:`MemoryBreakerStore`."""
+@runtime_checkable
+class InfallibleBreakerStore(Protocol):
+    """Capability: this store never raises :class:`~resilience.StoreUnavailable`.
 
-    __slots__ = (
-        "open_until",
-        "probe_successes",
-        "probes_lapse_at",
-        "probes_out",
-        "reason",
-        "state",
-        "trips",
-        "version",
-        "watchers",
-    )
+    Declared by the attribute alone (checked once, when a breaker is built):
+    such a store is called directly, with no outage guard in front of it.
+    """
 
-    def __init__(self) -> None:
-        self.state = CircuitState.CLOSED
-        self.version = 0
-        self.trips = 0
-        self.reason = INITIAL.reason
-        self.open_until = 0.0
-        self.probes_out = 0
-        self.probes_lapse_at = 0.0
-        self.probe_successes = 0
-        self.watchers: list[Callable[[], SnapshotCallback | None]] = []
+    breaker_infallible: Literal[True]
 
-    def snapshot(self, now: float) -> CircuitSnapshot:
-        remaining = max(0.0, self.open_until - now) if self.state is CircuitState.OPEN else 0.0
-        return CircuitSnapshot(self.state, self.version, self.trips, self.reason, remaining)
+
+def hold_weakly(callback: SnapshotCallback) -> Callable[[], SnapshotCallback | None]:
+    """A reference to ``callback`` that does not keep a breaker alive: a bound
+    method is held weakly (a long-lived shared store must not pin its breakers)."""
+    if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
+        return weakref.WeakMethod(callback)
+    return lambda: callback
 
 
 class MemoryBreakerStore:
@@ -195,90 +171,56 @@ class MemoryBreakerStore:
     """
 
     breaker_staleness = 0.0
+    breaker_infallible: Literal[True] = True
     probe_lease = DEFAULT_PROBE_LEASE
     """Seconds a probe permit is held at most when the breaker does not say."""
 
     def __init__(self) -> None:
         super().__init__()  # cooperative: other policies' memory stores may be mixed in
         self._breaker_lock = threading.Lock()
-        self._breaker_circuits: dict[str, _Circuit] = {}
-
-    def _breaker_circuit(self, name: str) -> _Circuit:
-        circuit = self._breaker_circuits.get(name)
-        if circuit is None:
-            circuit = self._breaker_circuits.setdefault(name, _Circuit())
-        return circuit
+        self._breaker_circuits: dict[str, Circuit] = {}
+        self._breaker_watchers: dict[str, list[Callable[[], SnapshotCallback | None]]] = {}
 
     def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
-        with self._breaker_lock:
-            return self._breaker_circuit(name).snapshot(now)
+        return snapshot(self._breaker_circuits.get(name, NEVER_MOVED), now)
 
-    def breaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
+    def breaker_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
         with self._breaker_lock:
-            circuit = self._breaker_circuit(name)
-            if circuit.version != expected_version:
-                return False, circuit.snapshot(now)
-            circuit.version += 1
-            circuit.state = state
-            circuit.reason = reason
-            circuit.trips = trips
-            circuit.open_until = now + break_duration if state is CircuitState.OPEN else 0.0
-            circuit.probes_out = circuit.probe_successes = 0
-            circuit.probes_lapse_at = 0.0
-            snapshot = circuit.snapshot(now)
-            watchers = list(circuit.watchers)
+            won, circuit = transition(self._breaker_circuits.get(name, NEVER_MOVED), change)
+            if won:
+                self._breaker_circuits[name] = circuit
+            watchers = list(self._breaker_watchers.get(name, ())) if won else []
+        current = snapshot(circuit, change.now)
         # Outside the lock: a watcher may call back into the store.
         for get_callback in watchers:
             callback = get_callback()
             if callback is not None:
-                callback(snapshot)
-        return True, snapshot
+                callback(current)
+        return won, current
 
     def breaker_acquire_probe(
         self, name: str, version: int, limit: int, lease: float | None, now: float
     ) -> bool:
+        lease = lease_or(lease, self.probe_lease)
         with self._breaker_lock:
-            circuit = self._breaker_circuit(name)
-            if circuit.version != version or circuit.state is not CircuitState.HALF_OPEN:
-                return False
-            granted, circuit.probes_out, circuit.probes_lapse_at = take_probe(
-                circuit.probes_out,
-                circuit.probes_lapse_at,
-                now,
-                limit,
-                self.probe_lease if lease is None else lease,
-            )
+            circuit = self._breaker_circuits.get(name, NEVER_MOVED)
+            granted, circuit = acquire_probe(circuit, version, limit, lease, now)
+            if granted:
+                self._breaker_circuits[name] = circuit
             return granted
 
     def breaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
         with self._breaker_lock:
-            circuit = self._breaker_circuit(name)
-            if circuit.version != version:
-                return -1
-            circuit.probes_out = max(0, circuit.probes_out - 1)
-            if succeeded:
-                circuit.probe_successes += 1
-            return circuit.probe_successes
+            circuit = self._breaker_circuits.get(name, NEVER_MOVED)
+            successes, circuit = release_probe(circuit, version, succeeded)
+            if successes >= 0:
+                self._breaker_circuits[name] = circuit
+            return successes
 
     def breaker_watch(self, name: str, callback: SnapshotCallback) -> Callable[[], None]:
-        # A bound method is held weakly: a breaker dropped by its owner must not be
-        # kept alive by a long-lived shared store.
-        ref: Callable[[], SnapshotCallback | None]
-        if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
-            ref = weakref.WeakMethod(callback)
-        else:
-            ref = lambda: callback  # noqa: E731 - the same shape as a WeakMethod
+        ref = hold_weakly(callback)
         with self._breaker_lock:
-            watchers = self._breaker_circuit(name).watchers
+            watchers = self._breaker_watchers.setdefault(name, [])
             watchers[:] = [w for w in watchers if w() is not None]
             watchers.append(ref)
 
@@ -295,18 +237,9 @@ class MemoryBreakerStore:
         return self.breaker_load(name, now)
 
     async def abreaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
+        self, name: str, change: Transition
     ) -> tuple[bool, CircuitSnapshot]:
-        return self.breaker_transition(
-            name, expected_version, state, reason, trips, break_duration, now
-        )
+        return self.breaker_transition(name, change)
 
     async def abreaker_acquire_probe(
         self, name: str, version: int, limit: int, lease: float | None, now: float
@@ -315,6 +248,10 @@ class MemoryBreakerStore:
 
     async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
         return self.breaker_release_probe(name, version, succeeded)
+
+    def circuit_count(self) -> int:
+        """Circuits held: those that ever moved (a never-moved circuit is not stored)."""
+        return len(self._breaker_circuits)
 
     def __repr__(self) -> str:
         return f"MemoryBreakerStore(circuits={len(self._breaker_circuits)})"

@@ -32,8 +32,15 @@ The contract
   buckets, across threads, tasks and (with a network store) processes; they
   should be configured alike, since each request carries its own bucket shape.
 * **Sync and async.** Every method has an ``a``-prefixed coroutine twin. Method
-  names start with ``bucket_`` so that one class can also implement other
-  policies' store protocols.
+  names start with ``bucket_`` so that one object can also implement other
+  policies' store protocols (:class:`~resilience.storage.MemoryStore` does, by
+  composition).
+* **Capabilities.** What only some stores can do is an optional protocol of its
+  own, which a limiter checks once, when it is built (never by concrete class):
+  :class:`FastTake` is the in-process fast path for one token.
+* **Keys.** A key is a plain ``str`` or ``None``; :func:`plain_key` turns a
+  ``str`` subclass into a plain ``str`` and refuses anything else, before it
+  reaches a store.
 """
 
 from __future__ import annotations
@@ -55,7 +62,15 @@ from .._core.bucket import (
     tokens,
 )
 
-__all__ = ["BucketRequest", "BucketStore", "MemoryBucketStore"]
+__all__ = ["BucketRequest", "BucketStore", "FastTake", "FastTaker", "MemoryBucketStore"]
+
+
+def plain_key(key: object) -> str:
+    """A bucket key that is not a plain ``str`` or ``None``: a ``str`` subclass
+    becomes a plain ``str``; anything else is refused before it reaches a store."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    raise TypeError(f"key: must be a str or None, got {type(key).__name__}")
 
 
 class BucketRequest(NamedTuple):
@@ -113,6 +128,31 @@ class BucketStore(Protocol):
     ) -> None: ...
 
     async def abucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float: ...
+
+
+class FastTaker(NamedTuple):
+    """What :meth:`FastTake.bucket_fast_take` returns."""
+
+    take: Callable[[str | None], bool]
+    """``take(key) -> granted``: one token from bucket ``(name, key)`` now, never
+    waiting; the same answer as a one-request ``bucket_take`` with ``max_wait=0``."""
+    clock: Clock
+    """The clock the store reads: the limiter sleeps on it."""
+
+
+@runtime_checkable
+class FastTake(Protocol):
+    """Optional capability of an in-process store: take one token with no round trip.
+
+    A limiter whose store has it (checked once, when the limiter is built) calls
+    ``take`` inline on its hot path and sleeps on the store's clock. Only a
+    store in this process's memory can offer it, and such a store has no
+    outages: the limiter calls it directly, with no failure policy in between.
+    """
+
+    def bucket_fast_take(self, name: str, spec: BucketSpec) -> FastTaker:
+        """The fast path for limiter ``name``'s buckets, all of shape ``spec``."""
+        ...
 
 
 #: Tables smaller than this are never swept: the sweep is pure overhead there.
@@ -179,37 +219,39 @@ class MemoryBucketStore:
     operations, never while anyone sleeps. The mutex is a one-slot
     ``queue.SimpleQueue``, whose uncontended take-and-put costs a fraction of a
     ``threading.Lock`` round trip on CPython 3.11 while still blocking properly
-    when contended.
+    when contended. Offers the :class:`FastTake` capability.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
-        super().__init__()  # cooperative: other policies' memory stores may be mixed in
-        self._bucket_clock: Clock = SYSTEM_CLOCK if clock is None else clock
-        self._bucket_tables: dict[str, BucketTable] = {}
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._tables: dict[str, BucketTable] = {}
         mutex: queue.SimpleQueue[None] = queue.SimpleQueue()
         mutex.put(None)
-        self._bucket_lock = mutex.get
-        self._bucket_unlock = mutex.put
+        self._lock = mutex.get
+        self._unlock = mutex.put
 
-    def _bucket_table(self, name: str) -> BucketTable:
-        table = self._bucket_tables.get(name)
+    @property
+    def clock(self) -> Clock:
+        """The clock the buckets read (limiters using this store sleep on it)."""
+        return self._clock
+
+    def _table(self, name: str) -> BucketTable:
+        table = self._tables.get(name)
         if table is None:
-            table = self._bucket_tables.setdefault(name, BucketTable())
+            table = self._tables.setdefault(name, BucketTable())
         return table
 
-    def _bucket_taker(
-        self, name: str, increment: float, headroom: float
-    ) -> Callable[[str | None], bool]:
-        """The in-memory fast path for one limiter and cost: ``take(key) -> granted``.
+    def bucket_fast_take(self, name: str, spec: BucketSpec) -> FastTaker:
+        """The in-memory fast path for one limiter and a cost of one (:class:`FastTake`).
 
-        A closure over the table, the mutex and the clock: one mutex round trip,
-        one clock read, one dict lookup and the core's :func:`take_now`, with no
-        allocation. Equivalent to a one-request :meth:`bucket_take` with
-        ``max_wait=0``.
+        ``take`` is a closure over the table, the mutex and the clock: one mutex
+        round trip, one clock read, one dict lookup and the core's
+        :func:`take_now`, with no allocation.
         """
-        table = self._bucket_table(name)
+        table = self._table(name)
         tats, inserted = table.tats, table.inserted
-        lock, unlock, clock_now = self._bucket_lock, self._bucket_unlock, self._bucket_clock.now
+        lock, unlock, clock_now = self._lock, self._unlock, self._clock.now
+        increment, headroom = spec.interval, spec.headroom
 
         def take(key: str | None) -> bool:
             lock()
@@ -226,17 +268,17 @@ class MemoryBucketStore:
             finally:
                 unlock(None)
 
-        return take
+        return FastTaker(take, self._clock)
 
     # -- the protocol --------------------------------------------------------------
 
     def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
-        tables = [self._bucket_table(request.name) for request in requests]
+        tables = [self._table(request.name) for request in requests]
         costs = [request.cost for request in requests]
         specs = [request.spec for request in requests]
-        self._bucket_lock()
+        self._lock()
         try:
-            now = self._bucket_clock.now()
+            now = self._clock.now()
             old = [
                 table.tats.get(request.key, FULL)
                 for table, request in zip(tables, requests, strict=True)
@@ -249,36 +291,36 @@ class MemoryBucketStore:
                         table.inserted(now)
             return decision
         finally:
-            self._bucket_unlock(None)
+            self._unlock(None)
 
     def bucket_refund(
         self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
     ) -> None:
-        tables = [self._bucket_table(request.name) for request in requests]
-        self._bucket_lock()
+        tables = [self._table(request.name) for request in requests]
+        self._lock()
         try:
             for table, request, (before, after) in zip(tables, requests, reserved, strict=True):
                 tat = table.tats.get(request.key)
                 if tat is not None:
                     table.tats[request.key] = refund(tat, before, after)
         finally:
-            self._bucket_unlock(None)
+            self._unlock(None)
 
     def bucket_penalize(self, name: str, key: str | None, spec: BucketSpec, seconds: float) -> None:
-        table = self._bucket_table(name)
-        self._bucket_lock()
+        table = self._table(name)
+        self._lock()
         try:
-            now = self._bucket_clock.now()
+            now = self._clock.now()
             before = table.tats.get(key, FULL)
             table.tats[key] = penalize(before, now, seconds, spec)
             if before == FULL:
                 table.inserted(now)
         finally:
-            self._bucket_unlock(None)
+            self._unlock(None)
 
     def bucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
-        table = self._bucket_table(name)
-        return tokens(table.tats.get(key, FULL), self._bucket_clock.now(), spec)
+        table = self._table(name)
+        return tokens(table.tats.get(key, FULL), self._clock.now(), spec)
 
     async def abucket_take(
         self, requests: Sequence[BucketRequest], max_wait: float = 0.0
@@ -303,9 +345,9 @@ class MemoryBucketStore:
     def bucket_count(self, name: str | None = None) -> int:
         """Buckets held, for one limiter name or for all (idle ones included)."""
         if name is not None:
-            table = self._bucket_tables.get(name)
+            table = self._tables.get(name)
             return 0 if table is None else len(table.tats)
-        return sum(len(table.tats) for table in self._bucket_tables.values())
+        return sum(len(table.tats) for table in self._tables.values())
 
     def evict_idle_buckets(self) -> int:
         """Drop every bucket that is full again now; returns how many were dropped.
@@ -313,12 +355,12 @@ class MemoryBucketStore:
         Never needed for bounded memory (eviction is incremental); useful before
         measuring, or after a burst of one-off keys.
         """
-        self._bucket_lock()
+        self._lock()
         try:
-            now = self._bucket_clock.now()
-            return sum(table.evict_idle(now) for table in self._bucket_tables.values())
+            now = self._clock.now()
+            return sum(table.evict_idle(now) for table in self._tables.values())
         finally:
-            self._bucket_unlock(None)
+            self._unlock(None)
 
     def __repr__(self) -> str:
-        return f"MemoryBucketStore(buckets={self.bucket_count()}, clock={self._bucket_clock!r})"
+        return f"MemoryBucketStore(buckets={self.bucket_count()}, clock={self._clock!r})"

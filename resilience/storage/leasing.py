@@ -41,7 +41,9 @@ import math
 import threading
 from collections.abc import Sequence
 
-from .._core.bucket import BucketSpec, Decision
+from .._async import leasing as _async_leasing
+from .._core.bucket import Decision
+from .._sync import leasing as _sync_leasing
 from ..errors import ConfigurationError
 from .buckets import BucketRequest, BucketStore
 
@@ -82,7 +84,7 @@ class LeasingBucketStore:
         """Tokens of bucket ``(name, key)`` leased by this instance and not yet used."""
         return self._held.get((name, key), 0)
 
-    # -- the local part, shared by the sync and async drivers -------------------------
+    # -- the local part, shared by the sync and async calls (resilience._async.leasing) --
 
     def _take_local(self, request: BucketRequest) -> Decision | None:
         bucket = (request.name, request.key)
@@ -131,91 +133,16 @@ class LeasingBucketStore:
 
     # -- the protocol -------------------------------------------------------------------
 
-    def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
-        request = self._leasable(requests)
-        if request is None:
-            self.round_trips += 1
-            return self.inner.bucket_take(requests, max_wait)
-        local = self._take_local(request)
-        if local is not None:
-            return local
-        batch = self._batch(request)
-        self.round_trips += 1
-        decision = self.inner.bucket_take((batch,), 0.0)
-        if not decision.granted and batch.cost > request.cost:
-            smaller = self._smaller_batch(decision, request)
-            if smaller is not None:
-                batch = smaller
-                self.round_trips += 1
-                decision = self.inner.bucket_take((batch,), 0.0)
-        if decision.granted:
-            self._keep(request, batch)
-            return decision
-        if max_wait > 0:  # a reservation: the inner store queues it, unleased
-            self.round_trips += 1
-            return self.inner.bucket_take((request,), max_wait)
-        retry_after = self._retry_for_cost(decision, batch, request.cost)
-        return Decision(False, 0.0, retry_after, decision.tokens)
-
-    async def abucket_take(
-        self, requests: Sequence[BucketRequest], max_wait: float = 0.0
-    ) -> Decision:
-        request = self._leasable(requests)
-        if request is None:
-            self.round_trips += 1
-            return await self.inner.abucket_take(requests, max_wait)
-        local = self._take_local(request)
-        if local is not None:
-            return local
-        batch = self._batch(request)
-        self.round_trips += 1
-        decision = await self.inner.abucket_take((batch,), 0.0)
-        if not decision.granted and batch.cost > request.cost:
-            smaller = self._smaller_batch(decision, request)
-            if smaller is not None:
-                batch = smaller
-                self.round_trips += 1
-                decision = await self.inner.abucket_take((batch,), 0.0)
-        if decision.granted:
-            self._keep(request, batch)
-            return decision
-        if max_wait > 0:
-            self.round_trips += 1
-            return await self.inner.abucket_take((request,), max_wait)
-        retry_after = self._retry_for_cost(decision, batch, request.cost)
-        return Decision(False, 0.0, retry_after, decision.tokens)
-
-    def bucket_refund(
-        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
-    ) -> None:
-        # Only reservations are refunded, and reservations always went to the inner store.
-        self.inner.bucket_refund(requests, reserved)
-
-    async def abucket_refund(
-        self, requests: Sequence[BucketRequest], reserved: Sequence[tuple[float, float]]
-    ) -> None:
-        await self.inner.abucket_refund(requests, reserved)
+    bucket_take = _sync_leasing.bucket_take
+    abucket_take = _async_leasing.abucket_take
+    bucket_refund = _sync_leasing.bucket_refund
+    abucket_refund = _async_leasing.abucket_refund
 
     def _drop(self, name: str, key: str | None) -> None:
         with self._lock:
             self._held.pop((name, key), None)
 
-    def bucket_penalize(self, name: str, key: str | None, spec: BucketSpec, seconds: float) -> None:
-        self._drop(name, key)
-        self.inner.bucket_penalize(name, key, spec, seconds)
-
-    async def abucket_penalize(
-        self, name: str, key: str | None, spec: BucketSpec, seconds: float
-    ) -> None:
-        self._drop(name, key)
-        await self.inner.abucket_penalize(name, key, spec, seconds)
-
-    def bucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
-        """The shared bucket's tokens plus those leased here (at most ``burst``)."""
-        return min(
-            float(spec.burst), self.inner.bucket_tokens(name, key, spec) + self.held(name, key)
-        )
-
-    async def abucket_tokens(self, name: str, key: str | None, spec: BucketSpec) -> float:
-        shared = await self.inner.abucket_tokens(name, key, spec)
-        return min(float(spec.burst), shared + self.held(name, key))
+    bucket_penalize = _sync_leasing.bucket_penalize
+    abucket_penalize = _async_leasing.abucket_penalize
+    bucket_tokens = _sync_leasing.bucket_tokens
+    abucket_tokens = _async_leasing.abucket_tokens

@@ -105,7 +105,7 @@ from .._core.breaker import MAX_BREAK, CircuitState
 from .._core.bucket import FULL, BucketSpec, Decision, tokens
 from ..errors import ConfigurationError, StoreUnavailable
 from ._sql import encode_key, snapshot_of
-from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback
+from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback, Transition
 from .buckets import BucketRequest
 
 __all__ = ["MAX_NAME_BYTES", "PostgresStore"]
@@ -1071,26 +1071,18 @@ class PostgresStore:
         rows = yield self._queries["load"], (name,)
         return snapshot_of(rows[0] if rows else None)
 
-    def _transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-    ) -> _Op[tuple[bool, CircuitSnapshot]]:
+    def _transition(self, name: str, change: Transition) -> _Op[tuple[bool, CircuitSnapshot]]:
         self._check_name(name)
         params = {
             "name": name,
-            "expected": expected_version,
-            "state": state.value,
-            "reason": _text(reason),
-            "trips": trips,
-            "open": state is CircuitState.OPEN,
-            "duration": _held(float(break_duration)),
+            "expected": change.expected_version,
+            "state": change.state.value,
+            "reason": _text(change.reason),
+            "trips": change.trips,
+            "open": change.state is CircuitState.OPEN,
+            "duration": _held(float(change.break_duration)),
         }
-        query = self._queries["create" if expected_version == 0 else "transition"]
+        query = self._queries["create" if change.expected_version == 0 else "transition"]
         rows = yield query, params
         if rows:
             return True, snapshot_of(rows[0])
@@ -1160,19 +1152,9 @@ class PostgresStore:
     def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
         return self._run(lambda: self._load(name))
 
-    def breaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
-        return self._run(
-            lambda: self._transition(name, expected_version, state, reason, trips, break_duration)
-        )
+    def breaker_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
+        """Apply ``change`` (see the protocol); the server's clock times the break."""
+        return self._run(lambda: self._transition(name, change))
 
     def breaker_acquire_probe(
         self, name: str, version: int, limit: int, lease: float | None, now: float
@@ -1190,18 +1172,9 @@ class PostgresStore:
         return await self._arun(lambda: self._load(name))
 
     async def abreaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
+        self, name: str, change: Transition
     ) -> tuple[bool, CircuitSnapshot]:
-        return await self._arun(
-            lambda: self._transition(name, expected_version, state, reason, trips, break_duration)
-        )
+        return await self._arun(lambda: self._transition(name, change))
 
     async def abreaker_acquire_probe(
         self, name: str, version: int, limit: int, lease: float | None, now: float

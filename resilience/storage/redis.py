@@ -110,7 +110,7 @@ from .._core.breaker import CircuitState
 from .._core.bucket import BucketSpec, Decision, exact_delay, take_all, tokens
 from ..errors import ConfigurationError, StoreUnavailable
 from . import _redis_scripts as scripts
-from .breakers import CircuitSnapshot, SnapshotCallback
+from .breakers import CircuitSnapshot, SnapshotCallback, Transition
 from .buckets import BucketRequest
 
 __all__ = ["RedisStore"]
@@ -1028,18 +1028,11 @@ class RedisStore:
             CircuitState(_text(state)), reported, int(trips), _text(reason), float(remaining)
         )
 
-    def _transition_args(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-    ) -> tuple[list[bytes], list[Any]]:
-        version, epoch = self._expect(name, expected_version)
-        duration = repr(float(break_duration))  # "inf" parses in Lua too
-        args = [version, epoch, state.value, _utf8(reason), trips, duration, self._channel(name)]
+    def _transition_args(self, name: str, change: Transition) -> tuple[list[bytes], list[Any]]:
+        version, epoch = self._expect(name, change.expected_version)
+        duration = repr(float(change.break_duration))  # "inf" parses in Lua too
+        state, reason, channel = change.state.value, _utf8(change.reason), self._channel(name)
+        args = [version, epoch, state, reason, change.trips, duration, channel]
         return [self._circuit_key(name)], args
 
     def _transitioned(self, name: str, reply: Sequence[Any]) -> tuple[bool, CircuitSnapshot]:
@@ -1051,30 +1044,15 @@ class RedisStore:
     async def abreaker_load(self, name: str, now: float) -> CircuitSnapshot:
         return self._circuit(name, await self._arun("load", [self._circuit_key(name)], []))
 
-    def breaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
-        args = self._transition_args(name, expected_version, state, reason, trips, break_duration)
+    def breaker_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
+        """Apply ``change`` (see the protocol); Redis's clock times the break."""
+        args = self._transition_args(name, change)
         return self._transitioned(name, self._run("transition", *args))
 
     async def abreaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
+        self, name: str, change: Transition
     ) -> tuple[bool, CircuitSnapshot]:
-        args = self._transition_args(name, expected_version, state, reason, trips, break_duration)
+        args = self._transition_args(name, change)
         return self._transitioned(name, await self._arun("transition", *args))
 
     def _acquire_args(

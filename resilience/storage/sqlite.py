@@ -12,7 +12,7 @@ Every state change is one ``BEGIN IMMEDIATE`` transaction: it takes SQLite's
 write lock first, reads the rows, reads the clock, applies the *same pure
 function* the memory store applies (:func:`resilience._core.bucket.take_all`,
 :func:`~resilience._core.bucket.refund`, :func:`~resilience._core.bucket.penalize`, the
-breaker's compare-and-set, :func:`resilience._core.breaker.take_probe`), writes
+breaker's compare-and-set and probe rules, :mod:`resilience._core.circuit`), writes
 the rows and commits. Writers are serialized by the file lock, so processes
 never over-grant and a composite acquisition is all or nothing. Readers
 (``bucket_tokens``, ``breaker_load``) never block writers (WAL).
@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime
 import math
 import numbers
@@ -83,10 +84,20 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .._clock import Clock
-from .._core.breaker import MAX_BREAK, CircuitState, take_probe
+from .._core.breaker import CircuitState
 from .._core.bucket import FULL, BucketSpec, Decision, penalize, refund, take_all, tokens
+from .._core.circuit import (
+    NEVER_MOVED,
+    Circuit,
+    Transition,
+    acquire_probe,
+    lease_or,
+    release_probe,
+    snapshot,
+    transition,
+)
 from ..errors import ConfigurationError, StoreUnavailable
-from ._sql import encode_key, snapshot_of
+from ._sql import encode_key
 from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback
 from .buckets import BucketRequest
 
@@ -153,8 +164,6 @@ _PUT_CIRCUIT = (
 _SET_PROBES = "UPDATE resilience_circuits SET probes_out = ?, probes_lapse_at = ? WHERE name = ?"
 
 # (state, version, trips, reason, open_until, probes_out, probe_successes, probes_lapse_at)
-_Circuit = tuple[str, int, int, str, float, int, int, float]
-_NO_CIRCUIT: _Circuit = (CircuitState.CLOSED.value, 0, 0, "initial state", 0.0, 0, 0, 0.0)
 _Work = Callable[[sqlite3.Connection, float], T]
 
 
@@ -496,65 +505,35 @@ class SQLiteStore:
     # -- circuits --------------------------------------------------------------------
 
     def _load(self, name: str) -> _Work[CircuitSnapshot]:
-        return lambda connection, now: _snapshot(_circuit(connection, name), now)
+        return lambda connection, now: snapshot(_circuit(connection, name), now)
 
-    def _move(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-    ) -> _Work[tuple[bool, CircuitSnapshot]]:
+    def _move(self, name: str, change: Transition) -> _Work[tuple[bool, CircuitSnapshot]]:
         def work(connection: sqlite3.Connection, now: float) -> tuple[bool, CircuitSnapshot]:
-            current = _circuit(connection, name)
-            if current[1] != expected_version:
-                return False, _snapshot(current, now)
-            open_until = 0.0
-            if state is CircuitState.OPEN:
-                # inf or NaN (refused upstream) must never read as "no break".
-                open_until = now + break_duration
-                if not math.isfinite(open_until):
-                    open_until = now + MAX_BREAK
-            new: _Circuit = (
-                state.value,
-                expected_version + 1,
-                trips,
-                reason,
-                open_until,
-                0,
-                0,
-                0.0,
-            )
-            connection.execute(_PUT_CIRCUIT, (name, *new))
-            return True, _snapshot(new, now)
+            # The store's clock, not the caller's: every process agrees on the break.
+            won, circuit = transition(_circuit(connection, name), _at(change, now))
+            if won:
+                connection.execute(_PUT_CIRCUIT, _row(name, circuit))
+            return won, snapshot(circuit, now)
 
         return work
 
     def _acquire(self, name: str, version: int, limit: int, lease: float | None) -> _Work[bool]:
-        if lease is None or not (math.isfinite(lease) and lease > 0):
-            lease = self.probe_lease  # a lease that never ends would be no lease at all
+        held = lease_or(lease, self.probe_lease)
 
         def work(connection: sqlite3.Connection, now: float) -> bool:
-            circuit = _circuit(connection, name)
-            if circuit[1] != version or circuit[0] != CircuitState.HALF_OPEN.value:
-                return False
-            granted, out, lapse_at = take_probe(circuit[5], circuit[7], now, limit, lease)
+            granted, circuit = acquire_probe(_circuit(connection, name), version, limit, held, now)
             if granted:
-                connection.execute(_SET_PROBES, (out, lapse_at, name))
+                probes = (circuit.probes_out, circuit.probes_lapse_at, name)
+                connection.execute(_SET_PROBES, probes)
             return granted
 
         return work
 
     def _release(self, name: str, version: int, succeeded: bool | None) -> _Work[int]:
         def work(connection: sqlite3.Connection, now: float) -> int:
-            circuit = _circuit(connection, name)
-            if circuit[1] != version:
-                return -1
-            out = max(0, circuit[5] - 1)
-            successes = circuit[6] + (1 if succeeded else 0)
-            connection.execute(_PUT_CIRCUIT, (name, *circuit[:5], out, successes, circuit[7]))
+            successes, circuit = release_probe(_circuit(connection, name), version, succeeded)
+            if successes >= 0:
+                connection.execute(_PUT_CIRCUIT, _row(name, circuit))
             return successes
 
         return work
@@ -562,19 +541,9 @@ class SQLiteStore:
     def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
         return self._read(self._load(name))
 
-    def breaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
-    ) -> tuple[bool, CircuitSnapshot]:
-        return self._transaction(
-            self._move(name, expected_version, state, reason, trips, break_duration)
-        )
+    def breaker_transition(self, name: str, change: Transition) -> tuple[bool, CircuitSnapshot]:
+        """Apply ``change`` (see the protocol); the store's clock times the break."""
+        return self._transaction(self._move(name, change))
 
     def breaker_acquire_probe(
         self, name: str, version: int, limit: int, lease: float | None, now: float
@@ -594,19 +563,9 @@ class SQLiteStore:
         return await self._arun(self._read, self._load(name))
 
     async def abreaker_transition(
-        self,
-        name: str,
-        expected_version: int,
-        state: CircuitState,
-        reason: str,
-        trips: int,
-        break_duration: float,
-        now: float,
+        self, name: str, change: Transition
     ) -> tuple[bool, CircuitSnapshot]:
-        return await self._arun(
-            self._transaction,
-            self._move(name, expected_version, state, reason, trips, break_duration),
-        )
+        return await self._arun(self._transaction, self._move(name, change))
 
     async def abreaker_acquire_probe(
         self, name: str, version: int, limit: int, lease: float | None, now: float
@@ -748,13 +707,32 @@ def _tat(connection: sqlite3.Connection, row: tuple[str, str]) -> float:
     return FULL if found is None else float(found[0])
 
 
-def _circuit(connection: sqlite3.Connection, name: str) -> _Circuit:
-    found = connection.execute(_GET_CIRCUIT, (name,)).fetchone()
-    return _NO_CIRCUIT if found is None else tuple(found)
-
-
-def _snapshot(circuit: _Circuit, now: float) -> CircuitSnapshot:
+def _circuit(connection: sqlite3.Connection, name: str) -> Circuit:
     # A row holding an infinite break (as older versions wrote inf) reads as
-    # MAX_BREAK remaining: snapshot_of never turns a non-finite break into none.
-    state, version, trips, reason, open_until = circuit[:5]
-    return snapshot_of((state, version, trips, reason, open_until - now))
+    # MAX_BREAK remaining: the snapshot rule never turns it into no break.
+    found = connection.execute(_GET_CIRCUIT, (name,)).fetchone()
+    if found is None:
+        return NEVER_MOVED
+    state, version, trips, reason, open_until, out, successes, lapse_at = found
+    return Circuit(
+        CircuitState(state), version, trips, reason, open_until, out, successes, lapse_at
+    )
+
+
+def _row(name: str, circuit: Circuit) -> tuple[Any, ...]:
+    """The parameters of ``_PUT_CIRCUIT`` for ``circuit``."""
+    return (
+        name,
+        circuit.state.value,
+        circuit.version,
+        circuit.trips,
+        circuit.reason,
+        circuit.open_until,
+        circuit.probes_out,
+        circuit.probe_successes,
+        circuit.probes_lapse_at,
+    )
+
+
+def _at(change: Transition, now: float) -> Transition:
+    return change if change.now == now else dataclasses.replace(change, now=now)

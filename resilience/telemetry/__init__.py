@@ -1,16 +1,20 @@
 """Telemetry: events, structured logging, redaction (and OpenTelemetry).
 
-Policies emit small frozen :mod:`events <resilience.telemetry.events>` on their
-failure paths; :func:`subscribe` to receive them. The logging adapter is always
-subscribed: it writes structured, redacted records on the ``resilience``
-logger, which stays silent until the application configures logging.
-Rate-limiter keys appear as :func:`key_label` unless :func:`configure` shows them.
+Each policy reports through one :class:`Telemetry` channel (``policy.telemetry``):
+small frozen :mod:`events <resilience.telemetry.events>` on its failure paths,
+and the span and metrics of each call. :func:`subscribe` to receive the events.
+The logging and OpenTelemetry adapters are subscribers too: the logging one
+writes structured, redacted records on the ``resilience`` logger, which stays
+silent until the application configures logging; neither asks for events
+while it would drop them. Rate-limiter keys appear as :func:`key_label` unless
+:func:`configure` shows them.
 """
 
 from __future__ import annotations
 
 from . import events
-from ._hub import HUB, Subscriber
+from ._hub import HUB, Interest, Subscriber
+from .channel import Telemetry
 from .logs import LOGGER, JsonFormatter, event_fields, use_structlog
 from .redaction import (
     Redactor,
@@ -23,9 +27,11 @@ from .redaction import (
 
 __all__ = [
     "LOGGER",
+    "Interest",
     "JsonFormatter",
     "Redactor",
     "Subscriber",
+    "Telemetry",
     "configure",
     "configure_redaction",
     "event_fields",
@@ -38,7 +44,10 @@ __all__ = [
 ]
 
 subscribe = HUB.subscribe
-"""The one internal event hook between policies and their observers."""
+"""Receive every policy's events: ``subscribe(callback)`` returns an unsubscribe function.
+
+``interested=`` (a test of the event type) lets policies skip building the
+events the callback would ignore; without it, it receives every event."""
 
 
 def configure(*, show_keys: bool | None = None, key_salt: str | bytes | None = None) -> None:

@@ -1,11 +1,14 @@
 """The events every policy emits: small, frozen, cheap to build.
 
 Policies emit events only on their failure and rejection paths, and only while
-somebody listens, so a healthy call pays nothing for them. Adapters (logging,
+some subscriber wants them (:meth:`Telemetry.wants
+<resilience.telemetry.Telemetry.wants>`), so a healthy call pays nothing for
+them, and an unobserved failure only a cheap test. Adapters (logging,
 OpenTelemetry) and users subscribe through :func:`resilience.telemetry.subscribe`.
 Each event names the policy (``policy``) and, as class attributes, its own
-dotted ``name`` and the logging ``level`` at which the logging adapter reports
-it: a healthy service stays quiet (retries at INFO), trouble is a WARNING.
+dotted ``name``, the ``logger`` and the ``level`` at which the logging adapter
+reports it: a healthy service stays quiet (retries at INFO), trouble is a
+WARNING. No event is logged above WARNING (:data:`LOUDEST_LEVEL`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .redaction import key_label
+from .redaction import describe_key, key_label
 
 __all__ = [
     "AttemptStarted",
@@ -27,9 +30,16 @@ __all__ = [
     "RateLimitRejected",
     "RateLimitWaited",
     "RetryScheduled",
+    "StoreOutage",
+    "StoreRecovered",
     "TimeoutExpired",
+    "TimeoutThreadAbandoned",
     "error_type_name",
+    "event_types",
 ]
+
+LOUDEST_LEVEL = logging.WARNING
+"""The most severe level any event is logged at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,19 @@ class Event:
     policy: str
     name: ClassVar[str] = "event"
     level: ClassVar[int] = logging.DEBUG
+    """The level the logging adapter writes the event at."""
+    quietest_level: ClassVar[int] = logging.DEBUG
+    """The least severe level an event of this type is logged at: its ``level``,
+    unless that depends on the event (then the class sets this one itself)."""
+    logger: ClassVar[str] = "resilience"
+    """The logger the logging adapter writes the event to."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Not super(): slots=True makes the class anew, which breaks its __class__ cell.
+        object.__init_subclass__(**kwargs)
+        level = cls.__dict__.get("level")
+        if isinstance(level, int):
+            cls.quietest_level = level
 
     def message(self) -> str:
         """A one-line human summary (the log message)."""
@@ -54,6 +77,25 @@ def error_type_name(exception: BaseException | None) -> str | None:
     if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _retry_after(seconds: float | None) -> str:
+    return "" if seconds is None else f"; retry after {seconds:.3f}s"
+
+
+def _for_key(key: object) -> str:
+    # A key appears as its label unless keys are shown: never raw by default.
+    return "" if key is None else f" for {describe_key(key)}"
+
+
+def event_types() -> list[type[Event]]:
+    """Every event class this module defines (the base ``Event`` aside)."""
+    module = globals()
+    return [
+        cls
+        for cls in (module[name] for name in __all__)
+        if isinstance(cls, type) and issubclass(cls, Event) and cls is not Event
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +165,7 @@ class CircuitStateChanged(Event):
     new_state: str
     reason: str
     name: ClassVar[str] = "circuit_breaker.state_changed"
+    quietest_level: ClassVar[int] = logging.INFO
 
     @property
     def level(self) -> int:  # type: ignore[override]
@@ -142,6 +185,10 @@ class CallRejected(Event):
     name: ClassVar[str] = "circuit_breaker.rejected"
     level: ClassVar[int] = logging.DEBUG
 
+    def message(self) -> str:
+        after = _retry_after(self.retry_after)
+        return f"circuit {self.policy!r}: {self.state}, call rejected{after}"
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimitWaited(Event):
@@ -157,6 +204,9 @@ class RateLimitWaited(Event):
     def key_label(self) -> str | None:
         """The key as telemetry shows it (see :func:`~resilience.telemetry.key_label`)."""
         return None if self.key is None else key_label(self.key)
+
+    def message(self) -> str:
+        return f"rate limiter {self.policy!r}: waited {self.wait:.3f}s{_for_key(self.key)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +224,12 @@ class RateLimitRejected(Event):
         """The key as telemetry shows it (see :func:`~resilience.telemetry.key_label`)."""
         return None if self.key is None else key_label(self.key)
 
+    def message(self) -> str:
+        return (
+            f"rate limiter {self.policy!r}: refused{_for_key(self.key)}"
+            f"{_retry_after(self.retry_after)}"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BulkheadRejected(Event):
@@ -183,6 +239,9 @@ class BulkheadRejected(Event):
     name: ClassVar[str] = "bulkhead.rejected"
     level: ClassVar[int] = logging.INFO
 
+    def message(self) -> str:
+        return f"bulkhead {self.policy!r}: call rejected ({self.reason})"
+
 
 @dataclass(frozen=True, slots=True)
 class TimeoutExpired(Event):
@@ -191,6 +250,26 @@ class TimeoutExpired(Event):
     seconds: float
     name: ClassVar[str] = "timeout.expired"
     level: ClassVar[int] = logging.INFO
+
+    def message(self) -> str:
+        return f"timeout {self.policy!r}: the call ran past {self.seconds:.3f}s"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutThreadAbandoned(Event):
+    """A thread-mode timeout stopped waiting for ``thread``, which keeps running."""
+
+    seconds: float
+    thread: str
+    name: ClassVar[str] = "timeout.thread_abandoned"
+    level: ClassVar[int] = logging.WARNING
+    logger: ClassVar[str] = "resilience.timeout"
+
+    def message(self) -> str:
+        return (
+            f"timeout {self.policy!r}: stopped waiting after {self.seconds:.3f}s; the call "
+            f"keeps running in thread {self.thread!r} and its result will be dropped"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,3 +285,58 @@ class FallbackUsed(Event):
     @property
     def error_type(self) -> str | None:
         return error_type_name(self.exception)
+
+    def message(self) -> str:
+        cause = self.error_type or "a rejected result"
+        answer = "a cached result" if self.stale else "the fallback"
+        return f"fallback {self.policy!r}: {cause} ({self.error_class}) answered by {answer}"
+
+
+# What a policy does while its store is down, by ``on_store_failure`` mode.
+_STORE_FAILURE_ACTIONS = {
+    "fail_closed": "refusing calls that need it",
+    "fail_open": "letting calls through",
+    "local": "falling back to in-process state",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutage(Event):
+    """The policy's shared ``store`` failed (the first failure of an outage);
+    ``mode`` (``on_store_failure``) says what the policy does until it recovers."""
+
+    store: str
+    reason: str
+    mode: str
+    owner: str = ""
+    """The policy as messages name it (``RateLimiter 'api'``); ``policy`` if empty."""
+    name: ClassVar[str] = "store.unavailable"
+    level: ClassVar[int] = logging.WARNING
+    logger: ClassVar[str] = "resilience.storage"
+
+    def message(self) -> str:
+        action = _STORE_FAILURE_ACTIONS.get(self.mode, self.mode)
+        return (
+            f"{self.owner or self.policy}: store {self.store} unavailable ({self.reason}); "
+            f"{action} until it recovers"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecovered(Event):
+    """The policy's shared ``store`` answered again, ``downtime`` seconds after
+    the outage began (on the policy's clock)."""
+
+    store: str
+    downtime: float
+    owner: str = ""
+    """The policy as messages name it (``RateLimiter 'api'``); ``policy`` if empty."""
+    name: ClassVar[str] = "store.recovered"
+    level: ClassVar[int] = logging.INFO
+    logger: ClassVar[str] = "resilience.storage"
+
+    def message(self) -> str:
+        return (
+            f"{self.owner or self.policy}: store {self.store} available again after "
+            f"{self.downtime:.3f}s"
+        )

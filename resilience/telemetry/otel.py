@@ -2,10 +2,13 @@
 
 Nothing here runs unless an OpenTelemetry SDK is configured: every protected
 callable is built in two copies from one body, and the public copy starts with
-a test of :data:`OTEL` written inline (one attribute read, plus a countdown
-while no SDK is set), so with no SDK the whole cost is that test. With an SDK the call goes through
+a test of :data:`OTEL` written inline (one attribute read), so with no SDK the
+whole cost is that test. With an SDK the call goes through
 :meth:`CallObserver.call_sync` / :meth:`CallObserver.call_async`, which open the
-span, time the call and count its outcome around the unobserved copy.
+span, time the call and count its outcome around the unobserved copy; block
+forms (``with breaker:``) get the same through :meth:`CallObserver.span`.
+Events reach this adapter as a subscriber of the hub (span events on the
+current span, and metrics), wanted only while an SDK is set.
 
 Names (spans, attributes, metrics) are documented in ``docs/telemetry.md``;
 attributes live in one ``resilience.*`` namespace, plus the OpenTelemetry
@@ -18,9 +21,9 @@ import os
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from opentelemetry import metrics as otel_metrics_api
@@ -31,6 +34,7 @@ from .._version import VERSION
 from ..errors import ResilienceError
 from ._hub import HUB
 from .events import (
+    AttemptStarted,
     BulkheadRejected,
     CallRejected,
     CircuitStateChanged,
@@ -40,12 +44,16 @@ from .events import (
     RateLimitRejected,
     RateLimitWaited,
     RetryScheduled,
+    StoreOutage,
+    StoreRecovered,
     TimeoutExpired,
+    TimeoutThreadAbandoned,
     error_type_name,
 )
 from .redaction import get_redactor, key_label
 
 __all__ = [
+    "EVENT_METRICS",
     "CallObserver",
     "observe_async",
     "observe_sync",
@@ -79,10 +87,10 @@ class _Switch:
     ``get_tracer_provider()``/``get_meter_provider()``, which cost about 0.6 µs
     each (they look the environment up), and it offers no notification when
     one is set. So ``on`` is a cached answer, refreshed when a policy decorates
-    a function, when any event is reported, when :func:`configure` or
-    :func:`refresh` is called, and, while no SDK is set, by a daemon thread that
-    looks again at growing intervals (50 ms up to 1 s). A provider can be set
-    only once per process, so once ``on`` the thread stops.
+    a function, when :func:`configure` or :func:`refresh` is called, and, while
+    no SDK is set, by a daemon thread that looks again at growing intervals
+    (50 ms up to 1 s). A provider can be set only once per process, so once
+    both are set the thread stops.
     """
 
     __slots__ = ("_lock", "_poller", "metrics", "on", "tracing")
@@ -139,7 +147,7 @@ def refresh() -> bool:
     """Notice a tracer or meter provider set just now.
 
     Without this call a provider set after your policies decorated their
-    functions is noticed within a second (or at the next event reported).
+    functions is noticed within a second.
     """
     return OTEL.refresh()
 
@@ -194,27 +202,36 @@ class _StatefulPolicy(Protocol):
     def state(self) -> Any: ...
 
 
-_BREAKERS: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
 def track_breaker(breaker: _StatefulPolicy) -> None:
-    """Report ``breaker.state`` through the ``resilience.circuit_breaker.state`` gauge."""
-    _BREAKERS.add(breaker)
+    """Report ``breaker.state`` through the ``resilience.circuit_breaker.state`` gauge.
+
+    Kept for policy code not yet on :meth:`Telemetry.track_state
+    <resilience.telemetry.Telemetry.track_state>`, which this calls.
+    """
+    from .channel import Telemetry
+
+    telemetry = getattr(breaker, "telemetry", None)
+    if not isinstance(telemetry, Telemetry):
+        telemetry = Telemetry("circuit_breaker", breaker.name)
+    telemetry.track_state(breaker)
 
 
 def _observe_breaker_states(options: Any) -> Iterator[Any]:
     from opentelemetry.metrics import Observation
 
-    for breaker in list(_BREAKERS):
-        state = getattr(breaker.state, "value", str(breaker.state))
+    from .channel import tracked_states
+
+    for telemetry, state in tracked_states():
         yield Observation(
-            1, {"resilience.policy.name": breaker.name, "resilience.circuit_breaker.state": state}
+            1, {"resilience.policy.name": telemetry.name, "resilience.circuit_breaker.state": state}
         )
 
 
 # OpenTelemetry's semantic conventions advise these for durations in seconds;
 # the SDK's default buckets are meant for milliseconds.
 _SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+# Store outages last from a blip to an incident.
+_OUTAGE_BUCKETS = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]
 
 
 class _Instruments:
@@ -279,6 +296,22 @@ class _Instruments:
             "resilience.fallback.uses",
             unit="{call}",
             description="Calls answered by a fallback.",
+        )
+        self.abandoned_threads = meter.create_counter(
+            "resilience.timeout.abandoned_threads",
+            unit="{thread}",
+            description="Threads a thread-mode timeout stopped waiting for (still running).",
+        )
+        self.store_outages = meter.create_counter(
+            "resilience.store.outages",
+            unit="{outage}",
+            description="Outages of a policy's shared store, counted when they begin.",
+        )
+        self.store_outage_duration = meter.create_histogram(
+            "resilience.store.outage.duration",
+            unit="s",
+            description="How long a store outage lasted, recorded when it ends.",
+            explicit_bucket_boundaries_advisory=_OUTAGE_BUCKETS,
         )
 
 
@@ -385,6 +418,13 @@ class CallObserver:
             self._failure_attributes[key] = attributes
         return attributes
 
+    def span(self) -> AbstractContextManager[None]:
+        """The span and call metrics around one call, for block forms (``with breaker:``):
+        the same as :meth:`call_sync` records. Nothing unless an SDK is set."""
+        if not OTEL.on:
+            return _NO_SPAN
+        return _CallSpan(self)
+
     def call_sync(self, raw: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         if not _SETTINGS.enabled:
             return raw(*args, **kwargs)
@@ -424,6 +464,35 @@ class CallObserver:
         outcome = _outcome(error)
         span.set_attribute("resilience.outcome", outcome)
         return outcome, _record_error(span, error)
+
+
+class _CallSpan:
+    """:meth:`CallObserver.call_sync` as a context manager, for one block."""
+
+    __slots__ = ("_observer", "_scope", "_span", "_started")
+
+    def __init__(self, observer: CallObserver) -> None:
+        self._observer = observer
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+        self._scope = self._observer._start()
+        self._span = self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        outcome, error_type = "success", None
+        try:
+            if error is not None:
+                outcome, error_type = self._observer._failed(self._span, error)
+        finally:
+            self._scope.__exit__(exc_type, error, traceback)
+            # Measured after the span has ended, as call_sync does.
+            self._observer._finish(self._started, outcome, error_type)
 
 
 def observe_sync(unobserved: Callable[P, R], observer: CallObserver | None) -> Callable[P, R]:
@@ -502,35 +571,100 @@ def _span_attributes(event: Event) -> dict[str, Any]:
     return attributes
 
 
+# What each event records besides its span event; None: the span event only.
+_EventMetrics = Callable[[Any, _Instruments, dict[str, Any]], None]
+
+
+def _retry_scheduled(event: RetryScheduled, i: _Instruments, base: dict[str, Any]) -> None:
+    i.retries.add(1, base | {"error.type": event.error_type or "result"})
+
+
+def _gave_up(event: GaveUp, i: _Instruments, base: dict[str, Any]) -> None:
+    i.give_ups.add(1, base | {"resilience.retry.reason": event.reason})
+
+
+def _state_changed(event: CircuitStateChanged, i: _Instruments, base: dict[str, Any]) -> None:
+    i.transitions.add(1, base | {"resilience.circuit_breaker.state": event.new_state})
+
+
+def _breaker_rejected(event: CallRejected, i: _Instruments, base: dict[str, Any]) -> None:
+    i.breaker_rejections.add(1, base)
+
+
+def _keyed(event: RateLimitWaited | RateLimitRejected, base: dict[str, Any]) -> dict[str, Any]:
+    if _SETTINGS.key_attributes and event.key is not None:
+        return base | {"resilience.rate_limiter.key": key_label(event.key)}
+    return base
+
+
+def _limiter_waited(event: RateLimitWaited, i: _Instruments, base: dict[str, Any]) -> None:
+    attributes = _keyed(event, base)
+    i.acquisitions.add(1, attributes | {"resilience.outcome": "waited"})
+    i.wait.record(event.wait, attributes)
+
+
+def _limiter_rejected(event: RateLimitRejected, i: _Instruments, base: dict[str, Any]) -> None:
+    i.acquisitions.add(1, _keyed(event, base) | {"resilience.outcome": "rejected"})
+
+
+def _bulkhead_rejected(event: BulkheadRejected, i: _Instruments, base: dict[str, Any]) -> None:
+    i.bulkhead_rejections.add(1, base | {"resilience.bulkhead.reason": event.reason})
+
+
+def _timed_out(event: TimeoutExpired, i: _Instruments, base: dict[str, Any]) -> None:
+    i.timeouts.add(1, base)
+
+
+def _thread_abandoned(event: TimeoutThreadAbandoned, i: _Instruments, base: dict[str, Any]) -> None:
+    i.abandoned_threads.add(1, base)
+
+
+def _fallback_used(event: FallbackUsed, i: _Instruments, base: dict[str, Any]) -> None:
+    i.fallbacks.add(1, base | {"resilience.fallback.stale": event.stale})
+
+
+def _store_down(event: StoreOutage, i: _Instruments, base: dict[str, Any]) -> None:
+    store = get_redactor().redact_text(event.store)
+    i.store_outages.add(
+        1, base | {"resilience.store.name": store, "resilience.store.mode": event.mode}
+    )
+
+
+def _store_back(event: StoreRecovered, i: _Instruments, base: dict[str, Any]) -> None:
+    store = get_redactor().redact_text(event.store)
+    i.store_outage_duration.record(event.downtime, base | {"resilience.store.name": store})
+
+
+EVENT_METRICS: dict[type[Event], _EventMetrics | None] = {
+    AttemptStarted: None,  # attempts are calls + retries
+    RetryScheduled: _retry_scheduled,
+    GaveUp: _gave_up,
+    CircuitStateChanged: _state_changed,
+    CallRejected: _breaker_rejected,
+    RateLimitWaited: _limiter_waited,
+    RateLimitRejected: _limiter_rejected,
+    BulkheadRejected: _bulkhead_rejected,
+    TimeoutExpired: _timed_out,
+    TimeoutThreadAbandoned: _thread_abandoned,
+    FallbackUsed: _fallback_used,
+    StoreOutage: _store_down,
+    StoreRecovered: _store_back,
+}
+"""Every event type, and the metrics it records (see docs/telemetry.md)."""
+
+
 def _record_event_metrics(event: Event, instruments: _Instruments) -> None:
-    base = {"resilience.policy.name": event.policy}
-    if isinstance(event, RetryScheduled):
-        instruments.retries.add(1, base | {"error.type": event.error_type or "result"})
-    elif isinstance(event, GaveUp):
-        instruments.give_ups.add(1, base | {"resilience.retry.reason": event.reason})
-    elif isinstance(event, CircuitStateChanged):
-        instruments.transitions.add(1, base | {"resilience.circuit_breaker.state": event.new_state})
-    elif isinstance(event, CallRejected):
-        instruments.breaker_rejections.add(1, base)
-    elif isinstance(event, RateLimitWaited | RateLimitRejected):
-        attributes = dict(base)
-        if _SETTINGS.key_attributes and event.key is not None:
-            attributes["resilience.rate_limiter.key"] = key_label(event.key)
-        if isinstance(event, RateLimitWaited):
-            instruments.acquisitions.add(1, attributes | {"resilience.outcome": "waited"})
-            instruments.wait.record(event.wait, attributes)
-        else:
-            instruments.acquisitions.add(1, attributes | {"resilience.outcome": "rejected"})
-    elif isinstance(event, BulkheadRejected):
-        instruments.bulkhead_rejections.add(1, base | {"resilience.bulkhead.reason": event.reason})
-    elif isinstance(event, TimeoutExpired):
-        instruments.timeouts.add(1, base)
-    elif isinstance(event, FallbackUsed):
-        instruments.fallbacks.add(1, base | {"resilience.fallback.stale": event.stale})
+    record = EVENT_METRICS.get(type(event))
+    if record is not None:
+        record(event, instruments, {"resilience.policy.name": event.policy})
+
+
+def _wants(event_type: type[Event]) -> bool:
+    return OTEL.on
 
 
 def _on_event(event: Event) -> None:
-    if not OTEL.refresh():
+    if not OTEL.on:
         return
     span = otel_trace.get_current_span()
     if span.is_recording():
@@ -539,4 +673,4 @@ def _on_event(event: Event) -> None:
         _record_event_metrics(event, _PROVIDERS.instruments())
 
 
-_unsubscribe_otel = HUB.subscribe(_on_event)
+_unsubscribe_otel = HUB.subscribe(_on_event, interested=_wants)

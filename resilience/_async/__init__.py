@@ -1,0 +1,1 @@
+"""Hand-written async drivers; scripts/unasync.py generates resilience._sync from them."""

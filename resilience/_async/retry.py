@@ -1,0 +1,184 @@
+"""Retry's drivers: the decorator's closures, the retry loop, the call form and
+the block form (``for attempt in retry: with attempt: ...``).
+
+Hand-written in async form only: ``scripts/unasync.py`` generates the sync module
+(``resilience/_sync/retry.py``) from the async one, and :class:`resilience.Retry`
+delegates to both. The success path of a decorated function is one call and one
+counter tick; the bookkeeping starts at the first failure
+(:meth:`Retry._start_call`), and every failure is judged by :meth:`Retry._judge`,
+the method :meth:`Retry.decide` calls too.
+"""
+
+from __future__ import annotations
+
+# unasync: sync from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine  # unasync: async only
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from .. import retry as facade
+from .._core.retry import NO_RESULT
+from .._deadline import DEADLINE, tighter
+from .._testing_mode import TESTING_MODE
+from ..telemetry.otel import OTEL, CallObserver, attempt_span
+
+if TYPE_CHECKING:
+    from ..retry import Attempt, Retry
+
+__all__ = ["acall", "iterate_attempts", "retry_rest", "wrap_async"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def wrap_async(
+    policy: Retry, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``fn`` retried by ``policy`` (see :meth:`Policy.wrap_async <resilience.Policy>`)."""
+    hit = policy._fast_successes.__next__
+    check = policy._retry_if_result
+    now = policy._clock.now
+    deadline, clock, name = policy._deadline, policy._clock, policy.name
+    get_deadline, set_deadline, reset_deadline = DEADLINE.get, DEADLINE.set, DEADLINE.reset
+    simple = deadline is None and check is None
+
+    # One body, built twice: without an observer (what an observer calls inside
+    # its span) and with one. The test for an OpenTelemetry SDK is one attribute
+    # read, inline: a function call would cost more than it does.
+    def build(observer: CallObserver | None) -> Callable[P, Coroutine[Any, Any, R]]:
+        # Read the clock up front only when a deadline needs it: the success path
+        # of a plain retry then costs one call and one counter tick.
+        if simple:
+
+            async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+                if observer is not None and OTEL.on:
+                    return await observer.call_async(unobserved, args, kwargs)
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    hit()
+                    return result
+                return await retry_rest(policy, fn, args, kwargs, failure, NO_RESULT, None)
+
+            return retrying
+
+        async def retrying_checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            if observer is not None and OTEL.on:
+                return await observer.call_async(unobserved, args, kwargs)
+            start = now()
+            # This retry's deadline flows inward (see Retry._deadline_scope), built
+            # inline: this runs on the success path of every call.
+            if deadline is None:
+                scope = None
+            elif get_deadline() is None:
+                scope = set_deadline((start + deadline, clock, name, deadline))
+            else:
+                scope = set_deadline(tighter(start, deadline, clock, name))
+            try:
+                try:
+                    result = await fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    if check is None or not check(result):
+                        hit()
+                        return result
+                    return await retry_rest(policy, fn, args, kwargs, None, result, start)
+                return await retry_rest(policy, fn, args, kwargs, failure, NO_RESULT, start)
+            finally:
+                if scope is not None:
+                    reset_deadline(scope)
+
+        return retrying_checked
+
+    unobserved = build(None)
+    return unobserved if observer is None else build(observer)
+
+
+async def retry_rest(
+    policy: Retry,
+    fn: Callable[..., Awaitable[R]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: BaseException | None,
+    result: Any,
+    start: float | None,
+) -> R:
+    """Carry on after the first attempt failed (raised ``exc``, or returned a
+    ``result`` that ``retry_if_result`` rejected); ``start``: when it began."""
+    call = policy._start_call(start)
+    check = policy._retry_if_result
+    now = policy._clock.now
+    judge = policy._judge
+    while True:
+        elapsed = now() - call.start
+        delay = judge(call, exc, result, elapsed, policy._enclosing_remaining())
+        if isinstance(delay, str):  # a give-up reason
+            return policy._finish(call, delay, exc, result, elapsed)  # type: ignore[no-any-return]
+        if delay > 0 and not TESTING_MODE.active:
+            await policy._clock.asleep(delay)
+        policy._begin_attempt(call)
+        try:
+            with attempt_span(policy.name, call.attempts):
+                value = await fn(*args, **kwargs)
+        except Exception as error:
+            exc, result = error, NO_RESULT
+            continue
+        exc, result = None, value
+        if check is None or not check(value):
+            next(policy._slow_successes)
+            return value
+
+
+async def acall(
+    policy: Retry, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """Call and await ``fn(*args, **kwargs)``, retrying as configured."""
+    start = policy._clock.now()
+    scope = policy._deadline_scope(start)
+    try:
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            # Leave the except block first: retrying inside it would chain every
+            # later exception to this one through __context__.
+            failure = exc
+        else:
+            check = policy._retry_if_result
+            if check is not None and check(result):
+                return await retry_rest(policy, fn, args, kwargs, None, result, start)
+            next(policy._fast_successes)
+            return result
+        return await retry_rest(policy, fn, args, kwargs, failure, NO_RESULT, start)
+    finally:
+        if scope is not None:
+            DEADLINE.reset(scope)
+
+
+async def iterate_attempts(policy: Retry) -> AsyncIterator[Attempt]:
+    """The block form: ``async for attempt in retry: async with attempt: ...``."""
+    now = policy._clock.now
+    check = policy._retry_if_result
+    start = now()
+    attempt = facade.Attempt(1)
+    yield attempt
+    if attempt._succeeded(check):
+        next(policy._fast_successes)
+        return
+    call = policy._start_call(start)
+    while True:
+        exc, result = attempt._exception, attempt._result
+        elapsed = now() - call.start
+        delay = policy._judge(call, exc, result, elapsed, policy._enclosing_remaining())
+        if isinstance(delay, str):  # a give-up reason
+            policy._finish(call, delay, exc, result, elapsed)
+            return
+        if delay > 0 and not TESTING_MODE.active:
+            await policy._clock.asleep(delay)
+        policy._begin_attempt(call)
+        attempt = facade.Attempt(call.attempts)
+        yield attempt
+        if attempt._succeeded(check):
+            next(policy._slow_successes)
+            return

@@ -1,0 +1,109 @@
+"""One policy's telemetry channel: everything a policy reports goes through it.
+
+A policy holds one :class:`Telemetry` (``policy.telemetry``) and reports
+through it: events (:meth:`~Telemetry.emit`, after :meth:`~Telemetry.wants`),
+the span and metrics of each call (:attr:`~Telemetry.observer` for decorated
+callables, :meth:`~Telemetry.span` for block forms), retry attempts
+(:meth:`~Telemetry.attempt`) and, for a breaker, its state
+(:meth:`~Telemetry.track_state`). Logs, spans and metrics are made by the
+subscribers behind it (the logging and OpenTelemetry adapters, and the
+application's own): the policy never calls them itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
+
+from ._hub import HUB
+from .events import Event
+from .otel import OTEL, CallObserver, attempt_span
+
+__all__ = ["Telemetry", "tracked_states"]
+
+_NO_SPAN = nullcontext()
+
+
+class _Stateful(Protocol):
+    @property
+    def state(self) -> Any: ...
+
+
+# Policies whose state the breaker-state gauge reports, held weakly: a policy
+# that is gone leaves the gauge without a lingering series.
+_TRACKED: weakref.WeakKeyDictionary[Any, Telemetry] = weakref.WeakKeyDictionary()
+_TRACKED_LOCK = threading.Lock()
+
+
+def tracked_states() -> list[tuple[Telemetry, str]]:
+    """Each policy's channel registered with :meth:`Telemetry.track_state`, and its state now."""
+    with _TRACKED_LOCK:
+        tracked = list(_TRACKED.items())
+    return [
+        (telemetry, getattr(policy.state, "value", str(policy.state)))
+        for policy, telemetry in tracked
+    ]
+
+
+class Telemetry:
+    """The telemetry channel of the policy ``name`` (of kind ``kind``).
+
+    ``wants(EventType)`` is the cheap test a policy makes before it builds an
+    event: true only while some subscriber would do something with it (a
+    callback of the application, a logger enabled for the event's level with a
+    handler, an OpenTelemetry SDK). ``emit(event)`` fans the event out.
+    """
+
+    __slots__ = ("_observer", "emit", "kind", "name", "wants")
+
+    kind: str
+    name: str
+    emit: Callable[[Event], None]
+    """Send ``event`` to every subscriber."""
+    wants: Callable[[type[Event]], bool]
+    """Whether some subscriber would do anything with an event of this type now."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name
+        # The hub's own bound methods: a policy's test costs no extra frame.
+        self.emit = HUB.emit
+        self.wants = HUB.wants
+        self._observer: CallObserver | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether some subscriber would do anything with some event now."""
+        return HUB.active
+
+    @property
+    def observer(self) -> CallObserver:
+        """The span and call metrics of this policy's calls (built on first use)."""
+        observer = self._observer
+        if observer is None:
+            # Two threads may race to build it: both observers are equivalent.
+            observer = self._observer = CallObserver(self.kind, self.name)
+        return observer
+
+    def span(self) -> AbstractContextManager[None]:
+        """The call's span and metrics around a block, as a decorated call records
+        them; with no OpenTelemetry SDK set, a shared no-op."""
+        if not OTEL.on:
+            return _NO_SPAN
+        return self.observer.span()
+
+    def attempt(self, number: int) -> AbstractContextManager[None]:
+        """A child span for retry attempt ``number`` (2 and up), if tracing is on."""
+        return attempt_span(self.name, number)
+
+    def track_state(self, policy: _Stateful) -> None:
+        """Report ``policy.state`` through the ``resilience.circuit_breaker.state`` gauge
+        for as long as ``policy`` lives (it is held weakly)."""
+        with _TRACKED_LOCK:
+            _TRACKED[policy] = self
+
+    def __repr__(self) -> str:
+        return f"Telemetry({self.kind!r}, {self.name!r})"

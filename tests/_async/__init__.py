@@ -1,0 +1,1 @@
+"""Tests written once, in async form; scripts/unasync.py generates tests._sync from them."""
