@@ -22,7 +22,7 @@ from ._core.breaker import (
     Window,
 )
 from ._validation import FiniteNumber, FinitePositiveDuration, Integer, OptionsModel
-from .classify import ErrorClass, make_classifier, normalize_error_selector
+from .classify import ErrorClass, checked_classifier, normalize_error_selector
 from .storage.breakers import BreakerStore
 
 __all__ = [
@@ -127,14 +127,7 @@ class BreakerRules(OptionsModel):
     def _check_failure_on(cls, value: Any) -> Any:
         return normalize_error_selector(value)
 
-    @field_validator("classifier", check_fields=False)
-    @classmethod
-    def _check_classifier(cls, value: Any) -> Any:
-        try:
-            make_classifier(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(str(error)) from None
-        return value
+    _check_classifier = field_validator("classifier", check_fields=False)(checked_classifier)
 
     @field_validator("store", check_fields=False)
     @classmethod

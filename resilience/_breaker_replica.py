@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._breaker_options import StateListener, make_window
-from ._clock import SYSTEM_CLOCK, Clock
 from ._core.breaker import (
     FAILURE,
     IGNORED,
@@ -36,6 +35,7 @@ from ._core.breaker import (
     Window,
 )
 from .classify import error_filter, make_classifier
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import CircuitOpenError, StoreUnavailable
 from .storage._guard import GuardedBreakerStore
 from .storage.breakers import BreakerStore, CircuitSnapshot

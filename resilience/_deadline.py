@@ -16,7 +16,7 @@ import contextvars
 import math
 from typing import NamedTuple
 
-from ._clock import Clock
+from .clock import Clock
 from .errors import TimeoutExceeded
 
 __all__ = [

@@ -40,7 +40,7 @@ from pydantic import (
     create_model,
 )
 
-from ._clock import MAX_DURATION
+from .clock import MAX_DURATION
 from .errors import ConfigurationError
 
 __all__ = [

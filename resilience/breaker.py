@@ -40,13 +40,13 @@ from ._breaker_options import (
     WindowSize,
 )
 from ._breaker_replica import CircuitReplica
-from ._clock import Clock
 from ._core.breaker import CircuitState
 from ._counters import counter_value
 from ._policy import Policy
 from ._sync import breaker as _sync_driver
 from ._validation import PolicyName, PositiveDuration, options_from, options_model
 from .classify import ClassifierLike, ErrorClass
+from .clock import Clock
 from .errors import StoreUnavailable
 from .storage._guard import FailureMode, GuardedBreakerStore
 from .storage.breakers import BreakerStore, InfallibleBreakerStore, MemoryBreakerStore

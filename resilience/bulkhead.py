@@ -11,7 +11,7 @@ a virtual clock. ``max_wait`` and the enclosing deadline
 (:func:`~resilience.remaining_time`) bound it; ``max_wait`` is at most 1e9 s
 (``None`` or ``inf``: no bound), and a wait handed to ``Event.wait`` or
 ``asyncio.timeout`` never exceeds the platform's limit (see
-:func:`resilience._clock.safe_wait`).
+:func:`resilience.clock.safe_wait`).
 
 A waiter that leaves the queue (its wait expired, its thread was interrupted,
 its task was cancelled) never takes a slot with it: if the slot was handed to
@@ -38,21 +38,12 @@ from ._deadline import wait_budget
 from ._policy import Policy
 from ._primitives import AsyncWaiter, Waiter
 from ._sync import bulkhead as _sync_bulkhead
-from ._validation import Count, NonNegativeCount, OptionsModel, PolicyName, Seconds, build_options
+from ._validation import Count, Duration, NonNegativeCount, PolicyName, options_from, options_model
 from .errors import BulkheadFull
 from .telemetry._hub import HUB
 from .telemetry.events import BulkheadRejected
 
 __all__ = ["Bulkhead", "BulkheadOptions", "BulkheadStatistics"]
-
-
-class BulkheadOptions(OptionsModel):
-    """Validated options of a :class:`Bulkhead`."""
-
-    max_concurrent: Count
-    max_queued: NonNegativeCount = 0
-    max_wait: Seconds | None = None
-    name: PolicyName = "bulkhead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,23 +85,16 @@ class Bulkhead(Policy):
 
     def __init__(
         self,
-        max_concurrent: int,
-        max_queued: int = 0,
-        max_wait: float | Any | None = None,
+        max_concurrent: Count,
+        max_queued: NonNegativeCount = 0,
+        max_wait: Duration | None = None,
         *,
-        name: str = "bulkhead",
+        name: PolicyName = "bulkhead",
     ) -> None:
-        options = build_options(
-            BulkheadOptions,
-            f"Bulkhead {name!r}",
-            max_concurrent=max_concurrent,
-            max_queued=max_queued,
-            max_wait=max_wait,
-            name=name,
-        )
-        self._configure(options)
+        """Each option is declared here once; ``BulkheadOptions`` is derived from it."""
+        self._configure(options_from(BulkheadOptions, f"Bulkhead {name!r}", locals()))
 
-    def _configure(self, options: BulkheadOptions) -> None:
+    def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
         self._limit = options.max_concurrent
@@ -196,3 +180,6 @@ class Bulkhead(Policy):
             f"Bulkhead(max_concurrent={self._limit}, max_queued={self._max_queued}, "
             f"max_wait={self._max_wait!r}, name={self.name!r})"
         )
+
+
+BulkheadOptions = options_model(Bulkhead.__init__, "BulkheadOptions")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias
 
-from ._clock import MAX_DURATION
+from .clock import MAX_DURATION
 from .errors import (
     BulkheadFull,
     CircuitOpenError,
@@ -49,6 +49,7 @@ __all__ = [
     "error_filter",
     "default_classifier",
     "make_classifier",
+    "checked_classifier",
     "normalize_error_selector",
     "parse_retry_after",
 ]
@@ -530,6 +531,15 @@ but PERMANENT."""
 
 ErrorFilter: TypeAlias = Callable[[BaseException, Classification | None], bool]
 """``(exception, classification if already known) -> selected?``"""
+
+
+def checked_classifier(value: Any) -> Any:
+    """An options model's ``classifier`` field: refused now if it cannot make a classifier."""
+    try:
+        make_classifier(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(str(error)) from None
+    return value
 
 
 def normalize_error_selector(

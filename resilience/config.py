@@ -36,12 +36,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._clock import Clock
 from ._documents import ENV_PREFIX, load_toml, merge
 from ._documents import env_overrides as _env_overrides
 from ._policy import Policy
 from ._rules import ConfigurationWarning, check_pipeline
 from ._validation import build_options
+from .clock import Clock
 from .errors import ConfigurationError
 from .pipeline import Pipeline
 from .retry import _coerce_backoff

@@ -21,6 +21,7 @@ the sync ones are generated from it (:mod:`resilience._sync.fallback`).
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import threading
 from collections import OrderedDict
@@ -31,12 +32,12 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationInfo, field_validator
 
 from ._async import fallback as _async_fallback
-from ._clock import SYSTEM_CLOCK, Clock
 from ._counters import counter_value
 from ._policy import Policy
 from ._sync import fallback as _sync_fallback
 from ._validation import Count, OptionsModel, PolicyName, PositiveSeconds, build_options
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
+from .clock import SYSTEM_CLOCK, Clock
 from .telemetry._hub import HUB
 from .telemetry.events import FallbackUsed
 
@@ -172,7 +173,7 @@ class Fallback(Policy):
 
     @staticmethod
     def cached(
-        max_age: float | Any,
+        max_age: float | datetime.timedelta,
         *,
         on: FallbackOn | None = None,
         key: Callable[..., Hashable] | None = None,
@@ -251,7 +252,7 @@ class CachedFallback(Policy):
 
     def __init__(
         self,
-        max_age: float | Any,
+        max_age: float | datetime.timedelta,
         *,
         on: FallbackOn | None = None,
         key: Callable[..., Hashable] | None = None,

@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 from pydantic import field_validator, model_validator
 
 from ._async import ratelimit as _async_ratelimit
-from ._clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from ._core.bucket import BucketSpec, Decision, check_shape
 from ._counters import counter_value
 from ._policy import Policy
@@ -51,6 +50,7 @@ from ._validation import (
     build_options,
     clamp_seconds,
 )
+from .clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError, RateLimitExceeded
 from .storage._guard import FailureMode, GuardedBucketStore
 from .storage.buckets import BucketRequest, BucketStore, FastTake, MemoryBucketStore, plain_key

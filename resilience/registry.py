@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._clock import Clock
 from ._policy import Policy
+from .clock import Clock
 from .config import (
     ENV_PREFIX,
     POLICY_KINDS,

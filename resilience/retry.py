@@ -34,7 +34,6 @@ from typing import Any, ParamSpec, TypeVar, overload
 from pydantic import SkipValidation, field_validator
 
 from ._async import retry as _async_driver
-from ._clock import SYSTEM_CLOCK, Clock
 from ._core.retry import (
     DEFAULT_RETRY_AFTER_CEILING,
     NO_RESULT,
@@ -62,10 +61,12 @@ from .backoff import Backoff
 from .classify import (
     ClassifierLike,
     ErrorClass,
+    checked_classifier,
     error_filter,
     make_classifier,
     normalize_error_selector,
 )
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError
 from .telemetry._hub import HUB
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
@@ -111,14 +112,7 @@ class RetryRulesModel(OptionsModel):
     def _check_retry_on(cls, value: Any) -> Any:
         return normalize_error_selector(value)
 
-    @field_validator("classifier", check_fields=False)
-    @classmethod
-    def _check_classifier(cls, value: Any) -> Any:
-        try:
-            make_classifier(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(str(error)) from None
-        return value
+    _check_classifier = field_validator("classifier", check_fields=False)(checked_classifier)
 
     @field_validator("backoff", check_fields=False)
     @classmethod

@@ -20,7 +20,7 @@ The async and cooperative drivers are written once, in
 In every mode the budget is bounded by an enclosing ``Timeout``'s deadline.
 ``seconds`` is at most 1e9 (or ``inf``, no limit); a wait handed to
 ``asyncio.timeout`` or ``Future.result`` never exceeds the platform's limit
-(see :func:`resilience._clock.safe_wait`).
+(see :func:`resilience.clock.safe_wait`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from pydantic import field_validator
+
 from ._async import timeout as _async_timeout
-from ._clock import SYSTEM_CLOCK, Clock, safe_wait
 from ._counters import counter_value
 from ._deadline import DEADLINE, RawDeadline, tighter
 from ._policy import Policy
 from ._sync import timeout as _sync_timeout
-from ._validation import OptionsModel, PolicyName, PositiveSeconds, build_options
+from ._validation import OptionsModel, PolicyName, PositiveDuration, options_from, options_model
+from .clock import SYSTEM_CLOCK, Clock, safe_wait
 from .errors import TimeoutExceeded
 from .telemetry._hub import HUB
 from .telemetry.events import TimeoutExpired, TimeoutThreadAbandoned
@@ -57,13 +59,13 @@ TimeoutMode = Literal["cooperative", "thread"]
 _log = logging.getLogger("resilience.timeout")
 
 
-class TimeoutOptions(OptionsModel):
-    """Validated options of a :class:`Timeout`."""
+class _TimeoutRules(OptionsModel):
+    """What :class:`Timeout`'s signature cannot say."""
 
-    seconds: PositiveSeconds
-    mode: TimeoutMode = "cooperative"
-    name: PolicyName = "timeout"
-    clock: Clock = SYSTEM_CLOCK
+    @field_validator("clock", check_fields=False)
+    @classmethod
+    def _default_clock(cls, value: Clock | None) -> Clock:
+        return SYSTEM_CLOCK if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,28 +98,21 @@ class Timeout(Policy):
 
     def __init__(
         self,
-        seconds: float | Any,
+        seconds: PositiveDuration,
         *,
         mode: TimeoutMode = "cooperative",
-        name: str = "timeout",
+        name: PolicyName = "timeout",
         clock: Clock | None = None,
     ) -> None:
-        options = build_options(
-            TimeoutOptions,
-            f"Timeout {name!r}",
-            seconds=seconds,
-            mode=mode,
-            name=name,
-            clock=SYSTEM_CLOCK if clock is None else clock,
-        )
-        self._configure(options)
+        """Each option is declared here once; ``TimeoutOptions`` is derived from it."""
+        self._configure(options_from(TimeoutOptions, f"Timeout {name!r}", locals()))
 
-    def _configure(self, options: TimeoutOptions) -> None:
+    def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
         self.mode = options.mode
-        self._seconds = options.seconds
-        self._clock = options.clock
+        self._seconds: float = options.seconds
+        self._clock: Clock = options.clock
         self._calls = itertools.count()
         self._timeouts = itertools.count()
         self._abandoned = itertools.count()
@@ -200,3 +195,6 @@ class Timeout(Policy):
 
     def __repr__(self) -> str:
         return f"Timeout({self._seconds!r}, mode={self.mode!r}, name={self.name!r})"
+
+
+TimeoutOptions = options_model(Timeout.__init__, "TimeoutOptions", _TimeoutRules)

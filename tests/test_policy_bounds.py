@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
-from resilience._clock import MAX_DURATION
 from resilience.classify import parse_retry_after
+from resilience.clock import MAX_DURATION
 from resilience.retry import DEFAULT_RETRY_AFTER_CEILING
 from resilience.testing import FakeClock
 

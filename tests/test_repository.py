@@ -118,3 +118,17 @@ def test_benchmark_anchors_stay_out_of_the_dev_extra() -> None:
 
 def test_readme_says_how_to_install_the_distribution() -> None:
     assert f"pip install {PROJECT['name']}" in (ROOT / "README.md").read_text()
+
+
+def test_the_root_api_is_small_and_keeps_the_contract_names() -> None:
+    # The brief's contract (design §4): these stay importable from the root.
+    contract = {
+        "Backoff", "Bulkhead", "BulkheadFull", "CircuitBreaker", "CircuitOpenError",
+        "CircuitState", "Classification", "ConfigurationError", "ErrorClass", "Fallback",
+        "Pipeline", "RateLimitExceeded", "RateLimiter", "ResilienceError", "Retry",
+        "RetryDecision", "Timeout", "classify", "store_from_url", "with_retry",
+    }  # fmt: skip
+    import resilience
+
+    assert contract <= set(resilience.__all__)
+    assert len(resilience.__all__) <= 26  # statistics, snapshots, clocks, config: in their modules

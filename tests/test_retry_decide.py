@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import resilience as rs
 from resilience import telemetry
-from resilience._clock import MAX_DURATION
 from resilience._core.retry import DEFAULT_RETRY_AFTER_CEILING
 from resilience._deadline import DEADLINE
+from resilience.clock import MAX_DURATION
 from resilience.retry import RetryDecision, RetryInfo, RetryStatistics
 from resilience.telemetry import events
 from resilience.testing import FakeClock, testing_mode

@@ -39,10 +39,10 @@ from hypothesis.stateful import (
 )
 
 import resilience as rs
-from resilience._clock import SYSTEM_CLOCK, Clock
 from resilience._core import circuit
 from resilience._core.breaker import CircuitState
 from resilience._core.bucket import BucketSpec, Decision
+from resilience.clock import SYSTEM_CLOCK, Clock
 from resilience.storage import MemoryStore, store_from_url
 from resilience.storage.breakers import (
     DEFAULT_PROBE_LEASE,

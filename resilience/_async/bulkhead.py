@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from .._clock import safe_wait
 from .._primitives import AsyncWaiter
+from ..clock import safe_wait
 from ..telemetry.otel import observe_async
 
 if TYPE_CHECKING:

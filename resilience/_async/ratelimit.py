@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any  # unasync: async only
 
-    from .._clock import Clock
     from .._core.bucket import Decision
+    from ..clock import Clock
     from ..ratelimit import CompositeLimit, Limit, RateLimiter, _Acquiring
     from ..storage.buckets import BucketRequest, BucketStore
     from ..telemetry.otel import CallObserver

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio  # unasync: async only
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from .._clock import safe_wait  # unasync: async only
 from .._deadline import DEADLINE, tighter
+from ..clock import safe_wait  # unasync: async only
 from ..errors import TimeoutExceeded
 from ..telemetry.otel import observe_async
 

@@ -23,7 +23,7 @@ from enum import StrEnum
 from random import Random
 from typing import Protocol
 
-from .._clock import MAX_DURATION
+from ..clock import MAX_DURATION
 
 __all__ = [
     "MAX_RETRY_NUMBER",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from random import Random
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._clock import MAX_DURATION
+from ..clock import MAX_DURATION
 from .backoff import DelayRule
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from .._clock import safe_wait
 from .._primitives import Waiter
+from ..clock import safe_wait
 from ..telemetry.otel import observe_sync
 
 if TYPE_CHECKING:

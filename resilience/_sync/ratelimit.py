@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from datetime import timedelta
     from types import TracebackType
 
-    from .._clock import Clock
     from .._core.bucket import Decision
+    from ..clock import Clock
     from ..ratelimit import CompositeLimit, Limit, RateLimiter, _Acquiring
     from ..storage.buckets import BucketRequest, BucketStore
     from ..telemetry.otel import CallObserver

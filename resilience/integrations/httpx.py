@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from .._clock import Clock
 from .._deadline import remaining_time
 from .._policy import Policy
+from ..clock import Clock
 from ._http import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENT_METHODS,

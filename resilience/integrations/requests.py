@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .._clock import Clock
 from .._policy import Policy
+from ..clock import Clock
 from ._http import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENT_METHODS,

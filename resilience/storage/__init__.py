@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .._clock import Clock
 from .._core.bucket import BucketSpec, Decision
+from ..clock import Clock
 from ..errors import ConfigurationError
 from .breakers import (
     BreakerStore,

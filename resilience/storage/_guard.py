@@ -39,7 +39,6 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 from .._async.guard import BreakerGuardCalls as _AsyncBreakerCalls
 from .._async.guard import BucketGuardCalls as _AsyncBucketCalls
-from .._clock import Clock
 from .._core.bucket import Decision
 from .._core.circuit import (
     NEVER_MOVED,
@@ -55,6 +54,7 @@ from .._core.circuit import (
 )
 from .._sync.guard import BreakerGuardCalls as _SyncBreakerCalls
 from .._sync.guard import BucketGuardCalls as _SyncBucketCalls
+from ..clock import Clock
 from ..errors import StoreUnavailable
 from ..telemetry.channel import Telemetry
 from ..telemetry.events import StoreOutage, StoreRecovered

@@ -49,7 +49,6 @@ import queue
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from .._clock import SYSTEM_CLOCK, Clock
 from .._core.bucket import (
     FULL,
     BucketSpec,
@@ -61,6 +60,7 @@ from .._core.bucket import (
     take_now,
     tokens,
 )
+from ..clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["BucketRequest", "BucketStore", "FastTake", "FastTaker", "MemoryBucketStore"]
 

@@ -83,7 +83,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .._clock import Clock
 from .._core.breaker import CircuitState
 from .._core.bucket import FULL, BucketSpec, Decision, penalize, refund, take_all, tokens
 from .._core.circuit import (
@@ -96,6 +95,7 @@ from .._core.circuit import (
     snapshot,
     transition,
 )
+from ..clock import Clock
 from ..errors import ConfigurationError, StoreUnavailable
 from ._sql import encode_key
 from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback
