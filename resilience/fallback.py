@@ -29,13 +29,20 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import SkipValidation, ValidationInfo, field_validator
 
 from ._async import fallback as _async_fallback
 from ._counters import counter_value
 from ._policy import Policy
 from ._sync import fallback as _sync_fallback
-from ._validation import Count, OptionsModel, PolicyName, PositiveSeconds, build_options
+from ._validation import (
+    Count,
+    OptionsModel,
+    PolicyName,
+    PositiveDuration,
+    options_from,
+    options_model,
+)
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
 from .clock import SYSTEM_CLOCK, Clock
 from .telemetry._hub import HUB
@@ -68,20 +75,17 @@ def _handles(on: Any) -> Callable[[BaseException], bool]:
     return lambda exc: selected(exc, None)
 
 
-class FallbackOptions(OptionsModel):
-    """Validated options of a :class:`Fallback`: ``value`` or ``handler``, not both."""
+class _FallbackRules(OptionsModel):
+    """What :class:`Fallback`'s signature cannot say: ``value`` or ``handler``, not both."""
 
-    value: Any = None
-    handler: Callable[[BaseException], Any] | None = None
-    on: Any = None
-    name: PolicyName = "fallback"
+    _check_on = field_validator("on", check_fields=False)(normalize_error_selector)
 
-    @field_validator("on")
+    @field_validator("value", check_fields=False)
     @classmethod
-    def _check_on(cls, value: Any) -> Any:
-        return normalize_error_selector(value)
+    def _unset_is_none(cls, value: Any) -> Any:
+        return None if value is _UNSET else value
 
-    @field_validator("handler")
+    @field_validator("handler", check_fields=False)
     @classmethod
     def _value_or_handler(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and info.data.get("value") is not None:
@@ -89,20 +93,15 @@ class FallbackOptions(OptionsModel):
         return value
 
 
-class CachedFallbackOptions(OptionsModel):
-    """Validated options of a :class:`CachedFallback`."""
+class _CachedFallbackRules(OptionsModel):
+    """What :class:`CachedFallback`'s signature cannot say."""
 
-    max_age: PositiveSeconds
-    on: Any = None
-    key: Callable[..., Hashable] | None = None
-    max_entries: Count = 1024
-    name: PolicyName = "cached_fallback"
-    clock: Clock = SYSTEM_CLOCK
+    _check_on = field_validator("on", check_fields=False)(normalize_error_selector)
 
-    @field_validator("on")
+    @field_validator("clock", check_fields=False)
     @classmethod
-    def _check_on(cls, value: Any) -> Any:
-        return normalize_error_selector(value)
+    def _default_clock(cls, value: Clock | None) -> Clock:
+        return SYSTEM_CLOCK if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,23 +146,16 @@ class Fallback(Policy):
 
     def __init__(
         self,
-        value: Any = _UNSET,
+        value: SkipValidation[Any] = _UNSET,
         *,
         handler: Callable[[BaseException], Any] | None = None,
-        on: FallbackOn | None = None,
-        name: str = "fallback",
+        on: SkipValidation[FallbackOn | None] = None,
+        name: PolicyName = "fallback",
     ) -> None:
-        options = build_options(
-            FallbackOptions,
-            f"Fallback {name!r}",
-            value=None if value is _UNSET else value,
-            handler=handler,
-            on=on,
-            name=name,
-        )
-        self._configure(options)
+        """Each option is declared here once; ``FallbackOptions`` is derived from it."""
+        self._configure(options_from(FallbackOptions, f"Fallback {name!r}", locals()))
 
-    def _configure(self, options: FallbackOptions) -> None:
+    def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
         self._value = options.value
@@ -252,27 +244,18 @@ class CachedFallback(Policy):
 
     def __init__(
         self,
-        max_age: float | datetime.timedelta,
+        max_age: PositiveDuration,
         *,
-        on: FallbackOn | None = None,
+        on: SkipValidation[FallbackOn | None] = None,
         key: Callable[..., Hashable] | None = None,
-        max_entries: int = 1024,
-        name: str = "cached_fallback",
+        max_entries: Count = 1024,
+        name: PolicyName = "cached_fallback",
         clock: Clock | None = None,
     ) -> None:
-        options = build_options(
-            CachedFallbackOptions,
-            f"CachedFallback {name!r}",
-            max_age=max_age,
-            on=on,
-            key=key,
-            max_entries=max_entries,
-            name=name,
-            clock=SYSTEM_CLOCK if clock is None else clock,
-        )
-        self._configure(options)
+        """Each option is declared here once; ``CachedFallbackOptions`` is derived from it."""
+        self._configure(options_from(CachedFallbackOptions, f"CachedFallback {name!r}", locals()))
 
-    def _configure(self, options: CachedFallbackOptions) -> None:
+    def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
         self._max_age = options.max_age
@@ -336,3 +319,9 @@ class CachedFallback(Policy):
 
     def __repr__(self) -> str:
         return f"CachedFallback(max_age={self._max_age!r}, name={self.name!r})"
+
+
+FallbackOptions = options_model(Fallback.__init__, "FallbackOptions", _FallbackRules)
+CachedFallbackOptions = options_model(
+    CachedFallback.__init__, "CachedFallbackOptions", _CachedFallbackRules
+)

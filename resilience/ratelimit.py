@@ -29,9 +29,9 @@ import datetime
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from pydantic import field_validator, model_validator
+from pydantic import SkipValidation, field_validator, model_validator
 
 from ._async import ratelimit as _async_ratelimit
 from ._core.bucket import BucketSpec, Decision, check_shape
@@ -42,13 +42,14 @@ from ._validation import (
     MAX_COUNT,
     Count,
     DerivedError,
-    FinitePositiveSeconds,
+    Duration,
+    FinitePositiveDuration,
     OptionsModel,
     PolicyName,
     PositiveNumber,
-    Seconds,
-    build_options,
     clamp_seconds,
+    options_from,
+    options_model,
 )
 from .clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError, RateLimitExceeded
@@ -74,40 +75,23 @@ def _default_burst(rate: float) -> int:
     return min(MAX_COUNT, max(1, int(rate)))
 
 
-class RateLimiterOptions(OptionsModel):
-    """Validated options of a :class:`RateLimiter`.
+class _RateLimiterRules(OptionsModel):
+    """What :class:`RateLimiter`'s signature cannot say; ``RateLimiterOptions`` derives from it.
 
-    Besides each field's own bounds, the shape they make together is checked
+    Besides each option's own bounds, the shape they make together is checked
     (:func:`resilience._core.bucket.check_shape`): one token every ``per / rate``
     seconds, between 1e-6 and 1e9 s, and ``burst * per / rate`` (the time an
     empty bucket takes to refill) at most 1e9 s.
     """
 
-    name: PolicyName
-    rate: PositiveNumber
-    """Tokens added per ``per`` seconds."""
-    per: FinitePositiveSeconds = 1.0
-    burst: Count | None = None
-    """Bucket capacity: most tokens available at once. Default: ``rate``
-    (rounded down, at least 1)."""
-    max_wait: Seconds | None = None
-    """How long ``acquire`` and the decorator/context forms wait by default
-    (``None`` or ``inf``: as long as it takes, up to 1e9 s)."""
-    store: Any = None
-    clock: Any = None
-    on_store_failure: FailureMode = "fail_closed"
-    """What to do while a shared store is unavailable: ``"fail_closed"`` (raise
-    :class:`~resilience.StoreUnavailable`), ``"fail_open"`` (grant), ``"local"``
-    (limit in this process until the store is back). See docs/storage.md."""
-
-    @field_validator("store")
+    @field_validator("store", check_fields=False)
     @classmethod
     def _check_store(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, BucketStore):
             raise ValueError(f"expected a BucketStore (e.g. MemoryBucketStore), got {value!r}")
         return value
 
-    @field_validator("clock")
+    @field_validator("clock", check_fields=False)
     @classmethod
     def _check_clock(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, Clock):
@@ -115,9 +99,12 @@ class RateLimiterOptions(OptionsModel):
         return value
 
     @model_validator(mode="after")
-    def _check_shape(self) -> RateLimiterOptions:
-        burst = _default_burst(self.rate) if self.burst is None else self.burst
-        problem = check_shape(self.rate, self.per, burst)
+    def _check_shape(self) -> Self:
+        options = vars(self)  # the fields are declared by the derived model
+        rate, burst = options["rate"], options["burst"]
+        problem = check_shape(
+            rate, options["per"], _default_burst(rate) if burst is None else burst
+        )
         if problem is not None:
             raise DerivedError(*problem)
         return self
@@ -194,35 +181,34 @@ class RateLimiter(_Acquiring):
 
     def __init__(
         self,
-        name: str,
+        name: PolicyName,
         *,
-        rate: float,
-        per: float | datetime.timedelta = 1.0,
-        burst: int | None = None,
-        max_wait: float | datetime.timedelta | None = None,
-        store: BucketStore | None = None,
-        clock: Clock | None = None,
+        rate: PositiveNumber,
+        per: FinitePositiveDuration = 1.0,
+        burst: Count | None = None,
+        max_wait: Duration | None = None,
+        store: SkipValidation[BucketStore | None] = None,
+        clock: SkipValidation[Clock | None] = None,
         on_store_failure: FailureMode = "fail_closed",
     ) -> None:
+        """Each option is declared here once; ``RateLimiterOptions`` is derived from it.
+
+        ``rate`` tokens are added per ``per`` seconds; ``burst`` is the bucket's
+        capacity, the most tokens available at once (default: ``rate`` rounded
+        down, at least 1). ``max_wait``: how long ``acquire`` and the
+        decorator/context forms wait by default (``None`` or ``inf``: as long as
+        it takes, up to 1e9 s). ``on_store_failure``, while a shared store is
+        unavailable: ``"fail_closed"`` (raise :class:`~resilience.StoreUnavailable`),
+        ``"fail_open"`` (grant), ``"local"`` (limit in this process until the store
+        is back); see docs/storage.md.
+        """
         if store is None and (clock is None or isinstance(clock, Clock)):
             # The default store is made here, so that the options carry it: a limiter
             # rebuilt from them (from_options) shares its buckets.
             store = MemoryBucketStore(clock)
-        options = build_options(
-            RateLimiterOptions,
-            f"RateLimiter {name!r}",
-            name=name,
-            rate=rate,
-            per=per,
-            burst=burst,
-            max_wait=max_wait,
-            store=store,
-            clock=clock,
-            on_store_failure=on_store_failure,
-        )
-        self._configure(options)
+        self._configure(options_from(RateLimiterOptions, f"RateLimiter {name!r}", locals()))
 
-    def _configure(self, options: RateLimiterOptions) -> None:
+    def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
         self._owner = f"RateLimiter {options.name!r}"
@@ -268,11 +254,11 @@ class RateLimiter(_Acquiring):
 
     @property
     def rate(self) -> float:
-        return self.options.rate
+        return float(self.options.rate)
 
     @property
     def per(self) -> float:
-        return self.options.per
+        return float(self.options.per)
 
     @property
     def burst(self) -> int:
@@ -398,6 +384,9 @@ class RateLimiter(_Acquiring):
             f"RateLimiter({o.name!r}, rate={o.rate!r}, per={o.per!r}, "
             f"burst={self._spec.burst!r}, store={self._backend!r})"
         )
+
+
+RateLimiterOptions = options_model(RateLimiter.__init__, "RateLimiterOptions", _RateLimiterRules)
 
 
 class Limit(_Acquiring):

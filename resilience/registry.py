@@ -16,7 +16,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,13 @@ from .config import (
 )
 from .errors import ConfigurationError
 from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
+    from .bulkhead import Bulkhead
+    from .ratelimit import RateLimiter
+    from .retry import Retry
+    from .timeout import Timeout
 
 __all__ = ["PolicySnapshot", "Registry", "RegistrySnapshot"]
 
@@ -267,25 +274,27 @@ class Registry:
                 )
         return existing
 
-    def retry(self, name: str, /, **options: Any) -> Any:
+    # The typed accessors: policy() has checked that the registered object is of the kind.
+
+    def retry(self, name: str, /, **options: Any) -> Retry:
         """The :class:`~resilience.Retry` named ``name`` (see :meth:`policy`)."""
-        return self.policy("retry", name, **options)
+        return cast("Retry", self.policy("retry", name, **options))
 
-    def timeout(self, name: str, /, **options: Any) -> Any:
+    def timeout(self, name: str, /, **options: Any) -> Timeout:
         """The :class:`~resilience.Timeout` named ``name`` (see :meth:`policy`)."""
-        return self.policy("timeout", name, **options)
+        return cast("Timeout", self.policy("timeout", name, **options))
 
-    def bulkhead(self, name: str, /, **options: Any) -> Any:
+    def bulkhead(self, name: str, /, **options: Any) -> Bulkhead:
         """The :class:`~resilience.Bulkhead` named ``name`` (see :meth:`policy`)."""
-        return self.policy("bulkhead", name, **options)
+        return cast("Bulkhead", self.policy("bulkhead", name, **options))
 
-    def breaker(self, name: str, /, **options: Any) -> Any:
+    def breaker(self, name: str, /, **options: Any) -> CircuitBreaker:
         """The :class:`~resilience.CircuitBreaker` named ``name`` (see :meth:`policy`)."""
-        return self.policy("breaker", name, **options)
+        return cast("CircuitBreaker", self.policy("breaker", name, **options))
 
-    def rate_limiter(self, name: str, /, **options: Any) -> Any:
+    def rate_limiter(self, name: str, /, **options: Any) -> RateLimiter:
         """The :class:`~resilience.RateLimiter` named ``name`` (see :meth:`policy`)."""
-        return self.policy("rate_limiter", name, **options)
+        return cast("RateLimiter", self.policy("rate_limiter", name, **options))
 
     def pipeline(self, name: str) -> Pipeline:
         """The pipeline registered as ``name`` (an operation of a loaded configuration)."""

@@ -29,7 +29,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from pydantic import SkipValidation, field_validator
 
@@ -210,6 +210,27 @@ class _Call:
         self.max_attempts = max_attempts
 
 
+class RetryKeywords(TypedDict, total=False):
+    """The keywords of :class:`Retry`, for type checkers: what ``with_retry(...)`` and
+    the presets (``Retry.default(...)``) accept. tests/test_options.py holds them
+    equal to ``Retry.__init__``'s, name for name and type for type."""
+
+    attempts: int
+    backoff: Backoff | Mapping[str, Any] | None
+    deadline: float | datetime.timedelta | None
+    max_delay: float | datetime.timedelta | None
+    retry_on: RetryOn | None
+    backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None
+    respect_retry_after: bool
+    retry_if_result: Callable[[Any], bool] | None
+    classifier: ClassifierLike | Iterable[ClassifierLike]
+    on_retry: Callable[[RetryInfo], object] | None
+    on_give_up: Callable[[RetryInfo], object] | None
+    name: str
+    clock: Clock | None
+    rng: random.Random | None
+
+
 class Retry(Policy):
     """A retry policy: how many attempts, how long to wait, what to retry.
 
@@ -310,17 +331,17 @@ class Retry(Policy):
     # -- presets ----------------------------------------------------------------
 
     @classmethod
-    def default(cls, **overrides: Any) -> Retry:
+    def default(cls, **overrides: Unpack[RetryKeywords]) -> Retry:
         """3 attempts, exponential backoff from 0.1 s (x2, capped at 10 s, full jitter),
         no deadline: the same as ``Retry()``, and what ``@with_retry`` uses."""
         options: dict[str, Any] = {
             "attempts": 3,
             "backoff": Backoff.exponential(0.1, 10.0, jitter="full"),
         }
-        return cls(**(options | overrides))
+        return cls(**{**options, **overrides})
 
     @classmethod
-    def aggressive(cls, **overrides: Any) -> Retry:
+    def aggressive(cls, **overrides: Unpack[RetryKeywords]) -> Retry:
         """10 attempts, exponential backoff from 0.05 s (x2, capped at 5 s, full jitter),
         60 s deadline: for calls that must get through and can afford to wait."""
         options: dict[str, Any] = {
@@ -329,10 +350,10 @@ class Retry(Policy):
             "deadline": 60.0,
             "name": "aggressive",
         }
-        return cls(**(options | overrides))
+        return cls(**{**options, **overrides})
 
     @classmethod
-    def fast(cls, **overrides: Any) -> Retry:
+    def fast(cls, **overrides: Unpack[RetryKeywords]) -> Retry:
         """3 attempts, exponential backoff from 0.01 s (x2, capped at 0.1 s, equal jitter),
         1 s deadline: for latency-sensitive paths where a slow answer is a wrong one."""
         options: dict[str, Any] = {
@@ -341,7 +362,7 @@ class Retry(Policy):
             "deadline": 1.0,
             "name": "fast",
         }
-        return cls(**(options | overrides))
+        return cls(**{**options, **overrides})
 
     # -- statistics ---------------------------------------------------------------
 
@@ -639,27 +660,9 @@ class Attempt:
 def with_retry(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
-# The keywords of Retry(), spelled out for type checkers: tests/test_retry_options.py
-# holds this list equal to Retry.__init__'s, name for name and type for type.
 @overload
 def with_retry(
-    fn: None = None,
-    /,
-    *,
-    attempts: int = ...,
-    backoff: Backoff | Mapping[str, Any] | None = ...,
-    deadline: float | datetime.timedelta | None = ...,
-    max_delay: float | datetime.timedelta | None = ...,
-    retry_on: RetryOn | None = ...,
-    backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None = ...,
-    respect_retry_after: bool = ...,
-    retry_if_result: Callable[[Any], bool] | None = ...,
-    classifier: ClassifierLike | Iterable[ClassifierLike] = ...,
-    on_retry: Callable[[RetryInfo], object] | None = ...,
-    on_give_up: Callable[[RetryInfo], object] | None = ...,
-    name: str = ...,
-    clock: Clock | None = ...,
-    rng: random.Random | None = ...,
+    fn: None = None, /, **options: Unpack[RetryKeywords]
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 

@@ -14,9 +14,21 @@ import pytest
 
 import resilience as rs
 from resilience.breaker import BreakerOptions
-from resilience.retry import RetryOptions, with_retry
+from resilience.bulkhead import BulkheadOptions
+from resilience.fallback import CachedFallbackOptions, FallbackOptions
+from resilience.ratelimit import RateLimiterOptions
+from resilience.retry import RetryKeywords, RetryOptions, with_retry
+from resilience.timeout import TimeoutOptions
 
-DERIVED = [(rs.Retry, RetryOptions), (rs.CircuitBreaker, BreakerOptions)]
+DERIVED = [
+    (rs.Retry, RetryOptions),
+    (rs.CircuitBreaker, BreakerOptions),
+    (rs.RateLimiter, RateLimiterOptions),
+    (rs.Timeout, TimeoutOptions),
+    (rs.Bulkhead, BulkheadOptions),
+    (rs.Fallback, FallbackOptions),
+    (rs.CachedFallback, CachedFallbackOptions),
+]
 
 
 def _parameters(function: typing.Callable[..., object]) -> dict[str, object]:
@@ -42,12 +54,25 @@ def test_the_options_model_is_the_constructor_signature(policy: type, model: typ
             assert field.default == default, name
 
 
-def test_with_retry_takes_exactly_the_keywords_of_retry() -> None:
-    keyword_overloads = [
-        overload for overload in typing.get_overloads(with_retry) if len(_parameters(overload)) > 1
+def test_with_retry_and_the_presets_take_exactly_the_keywords_of_retry() -> None:
+    assert typing.get_type_hints(RetryKeywords) == _parameters(rs.Retry.__init__)
+    takers = [*typing.get_overloads(with_retry), rs.Retry.default, rs.Retry.aggressive]
+    takers.append(rs.Retry.fast)
+    keyword_takers = [
+        taker
+        for taker in takers
+        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(taker).parameters.values())
     ]
-    assert len(keyword_overloads) == 1
-    assert _parameters(keyword_overloads[0]) == _parameters(rs.Retry.__init__)
+    assert len(keyword_takers) == 4  # the keyword overload and the three presets
+    for taker in keyword_takers:
+        annotation = typing.get_type_hints(taker)[
+            next(
+                p.name
+                for p in inspect.signature(taker).parameters.values()
+                if p.kind is p.VAR_KEYWORD
+            )
+        ]
+        assert annotation == typing.Unpack[RetryKeywords], taker
 
 
 def test_a_misspelled_option_is_refused_naming_it() -> None:

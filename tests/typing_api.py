@@ -49,6 +49,9 @@ rs.Retry(attempts=3, deadline=datetime.timedelta(minutes=1))
 rs.Retry(attemps=3)  # type: ignore[call-arg]
 rs.Retry(deadline="ten seconds")  # type: ignore[arg-type]
 rs.Retry(backoff=1.0)  # type: ignore[arg-type]
+rs.Retry.default(attempts=4, deadline=datetime.timedelta(seconds=5))
+rs.Retry.default(attemps=4)  # type: ignore[call-arg]
+rs.Retry.fast(deadline="soon")  # type: ignore[arg-type]
 
 decision = retry.decide(2, ValueError("boom"), elapsed=1.5)
 assert_type(decision, rs.RetryDecision)
@@ -93,6 +96,9 @@ rs.Bulkhead(max_concurrent=10, max_queued=0, max_wait=datetime.timedelta(seconds
 rs.Bulkhead(max_concurrent=10, max_wait="1s")  # type: ignore[arg-type]
 rs.Bulkhead(max_concurent=10)  # type: ignore[call-arg]
 rs.Fallback(value=b"")
+rs.Fallback(b"", name=3)  # type: ignore[arg-type]
+rs.CachedFallback(max_age=datetime.timedelta(minutes=5), max_entries=10)
+rs.CachedFallback(max_age="5 minutes")  # type: ignore[arg-type]
 
 pipeline = rs.Pipeline(rs.Timeout(30.0), retry, breaker, limiter)
 rs.Pipeline(retry, "breaker")  # type: ignore[arg-type]
@@ -120,3 +126,12 @@ assert_type(classification.error_class, rs.ErrorClass)
 assert_type(classification.retry_after, float | None)
 rs.store_from_url("memory://")
 rs.store_from_url(5)  # type: ignore[arg-type]
+
+# -- registry -----------------------------------------------------------------------------
+
+from resilience.registry import Registry  # noqa: E402
+
+registry = Registry(clock=clock)
+assert_type(registry.retry("fetch", attempts=3), rs.Retry)
+assert_type(registry.breaker("payments"), rs.CircuitBreaker)
+assert_type(registry.rate_limiter("emails", rate=10), rs.RateLimiter)
