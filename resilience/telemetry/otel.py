@@ -134,8 +134,14 @@ class _Switch:
             interval = min(interval * 2, self.LAST_POLL)
 
     def _forked(self) -> None:
+        watching = self._poller is not None
         self._lock = threading.Lock()
-        self._poller = None  # threads do not survive a fork; watch() starts a new one
+        self._poller = None
+        # A pre-fork server (gunicorn, Celery's prefork pool) sets its SDK up in each
+        # worker, after the fork: the parent's watcher did not survive it, so the
+        # child starts its own.
+        if watching and not (self.tracing and self.metrics):
+            self.watch()
 
 
 def otel_configured() -> bool:
