@@ -391,15 +391,16 @@ class Retry(Policy):
             return None
         return DEADLINE.set(tighter(start, self._deadline, self._clock, self.name))
 
-    def _enclosing_remaining(self) -> float | None:
+    def _enclosing_remaining(self, start: float) -> float | None:
         """What an enclosing deadline leaves, or None: the retry's own deadline is
         judged from the elapsed time alone, exactly as :meth:`decide` judges it
         (the absolute times of a clock far from zero would round differently)."""
         deadline = DEADLINE.get()
         if deadline is None:
             return None
-        if deadline[2] == self.name and deadline[3] == self._deadline:
-            return None  # the scope this retry set itself (see _deadline_scope)
+        own = self._deadline
+        if own is not None and deadline[0] == start + own and deadline[2] == self.name:
+            return None  # the scope this retry set itself (see tighter: an outer one is sooner)
         return deadline[0] - deadline[1].now()
 
     def _start_call(self, start: float | None) -> _Call:

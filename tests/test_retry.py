@@ -338,3 +338,28 @@ def test_any_generated_retry_keeps_its_limits(
         assert clock.slept <= options["deadline"] + 1e-9
     if "max_delay" in options:
         assert all(sleep <= options["max_delay"] + 1e-9 for sleep in clock.sleeps)
+
+
+def test_an_enclosing_timeout_of_the_same_name_and_length_still_bounds_the_waits() -> None:
+    # The retry tells its own deadline from an enclosing one by when it ends, not
+    # by its name: a Timeout named like the retry, as long, started 1 s earlier,
+    # must still stop a backoff that would sleep past it.
+    clock = FakeClock(1_700_000_000.25)
+    retry = rs.Retry(
+        attempts=5, backoff=rs.Backoff.constant(3.0), deadline=10.0, name="job", clock=clock
+    )
+    timeout = rs.Timeout(10.0, name="job", clock=clock)
+
+    def fails() -> None:
+        clock.advance(1.75)
+        raise TimeoutError
+
+    def late_start() -> None:
+        clock.advance(1.0)  # the timeout began 1 s before the retry
+        retry.call(fails)
+
+    with pytest.raises(TimeoutError):
+        timeout.call(late_start)
+    # The second attempt ends 6.5 s into the retry (7.5 s into the timeout): a 3 s wait
+    # fits the retry's own deadline (9.5 < 10) but not the timeout's (2.5 s left).
+    assert clock.sleeps == [3.0]

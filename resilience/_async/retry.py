@@ -113,7 +113,7 @@ async def retry_rest(
     judge = policy._judge
     while True:
         elapsed = now() - call.start
-        delay = judge(call, exc, result, elapsed, policy._enclosing_remaining())
+        delay = judge(call, exc, result, elapsed, policy._enclosing_remaining(call.start))
         if isinstance(delay, str):  # a give-up reason
             return policy._finish(call, delay, exc, result, elapsed)  # type: ignore[no-any-return]
         if delay > 0 and not TESTING_MODE.active:
@@ -170,7 +170,7 @@ async def iterate_attempts(policy: Retry) -> AsyncIterator[Attempt]:
     while True:
         exc, result = attempt._exception, attempt._result
         elapsed = now() - call.start
-        delay = policy._judge(call, exc, result, elapsed, policy._enclosing_remaining())
+        delay = policy._judge(call, exc, result, elapsed, policy._enclosing_remaining(call.start))
         if isinstance(delay, str):  # a give-up reason
             policy._finish(call, delay, exc, result, elapsed)
             return
