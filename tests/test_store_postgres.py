@@ -13,9 +13,9 @@ import pytest
 
 import resilience as rs
 from resilience._core.bucket import BucketSpec, Decision
-from resilience.storage import postgres as postgres_module
 from resilience.storage.buckets import BucketRequest
 from resilience.storage.postgres import PostgresStore
+from resilience.storage.postgres import store as postgres_module
 
 from .backends import drop_postgres_tables, require_postgres
 

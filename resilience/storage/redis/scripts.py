@@ -1,4 +1,4 @@
-"""The Lua scripts of :class:`~resilience.storage.redis.RedisStore`.
+"""The Lua scripts of :class:`~resilience.storage.redis.RedisStore`, and their SHA1s.
 
 Every state change is one of these scripts, run atomically by the server.
 Rules shared by all of them:
@@ -18,6 +18,8 @@ Rules shared by all of them:
 """
 
 from __future__ import annotations
+
+import hashlib
 
 # Shared Lua prelude: the server time in seconds, and short names. Plain
 # statements, no closures: cheaper per call.
@@ -264,3 +266,19 @@ if ARGV[2] == '1' then ok = ok + 1 end
 redis.call('HSET', KEYS[1], 'p', string.format('%d', out), 'k', string.format('%d', ok))
 return ok
 """
+
+#: Each operation's script, by the name the store runs it under.
+SOURCES = {
+    "take": BUCKET_TAKE,
+    "take_one": BUCKET_TAKE_ONE,
+    "refund": BUCKET_REFUND,
+    "penalize": BUCKET_PENALIZE,
+    "read": BUCKET_READ,
+    "load": BREAKER_LOAD,
+    "transition": BREAKER_TRANSITION,
+    "acquire": BREAKER_ACQUIRE_PROBE,
+    "release": BREAKER_RELEASE_PROBE,
+}
+
+#: Each operation's SHA1, for EVALSHA (the server caches scripts by it).
+SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
