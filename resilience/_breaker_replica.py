@@ -39,7 +39,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .errors import CircuitOpenError, StoreUnavailable
 from .storage._guard import GuardedBreakerStore
 from .storage.breakers import BreakerStore, CircuitSnapshot
-from .telemetry._hub import HUB
+from .telemetry.channel import Telemetry
 from .telemetry.events import CallRejected, CircuitStateChanged
 
 __all__ = ["BYPASS", "PASS", "CircuitReplica", "Trip"]
@@ -105,6 +105,7 @@ class CircuitReplica:
     )
 
     name: str
+    _telemetry: Telemetry  # the breaker's channel: CircuitBreaker's slot, set before this
     _clock: Clock
     _store: BreakerStore
     _window: Window
@@ -201,8 +202,9 @@ class CircuitReplica:
         listeners: tuple[StateListener, ...],
     ) -> None:
         next(self._c_state_changes)
-        if HUB.active:
-            HUB.emit(CircuitStateChanged(self.name, old.value, new.value, reason))
+        tel = self._telemetry
+        if tel.wants(CircuitStateChanged):
+            tel.emit(CircuitStateChanged(self.name, old.value, new.value, reason))
         for listener in listeners:
             try:
                 listener(old, new, reason)
@@ -215,8 +217,9 @@ class CircuitReplica:
         state = self._state
         if state is CircuitState.OPEN:
             retry_after = max(0.0, self._open_until - now)
-        if HUB.active:
-            HUB.emit(CallRejected(self.name, state.value, retry_after))
+        tel = self._telemetry
+        if tel.wants(CallRejected):
+            tel.emit(CallRejected(self.name, state.value, retry_after))
         opened_by = self._last_failure if state is not CircuitState.FORCED_OPEN else None
         return CircuitOpenError(self.name, retry_after, opened_by=opened_by)
 

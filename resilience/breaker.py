@@ -50,7 +50,8 @@ from .clock import Clock
 from .errors import StoreUnavailable
 from .storage._guard import FailureMode, GuardedBreakerStore
 from .storage.breakers import BreakerStore, InfallibleBreakerStore, MemoryBreakerStore
-from .telemetry.otel import CallObserver, track_breaker
+from .telemetry.channel import Telemetry
+from .telemetry.otel import CallObserver
 
 __all__ = [
     "BreakerOptions",
@@ -123,7 +124,7 @@ class CircuitBreaker(CircuitReplica, Policy):
     circuit (see :mod:`resilience.storage.breakers`); each keeps its own window.
     """
 
-    __slots__ = ("_telemetry",)  # Policy.telemetry, built on first use
+    __slots__ = ("_telemetry",)  # Policy.telemetry
 
     kind: ClassVar[str] = "circuit_breaker"
 
@@ -168,6 +169,7 @@ class CircuitBreaker(CircuitReplica, Policy):
         self._configure(options_from(BreakerOptions, f"CircuitBreaker {name!r}", locals()))
 
     def _configure(self, options: Any) -> None:
+        self._telemetry = Telemetry(self.kind, options.name)
         self._configure_replica(options)
         store: BreakerStore = options.store if options.store is not None else MemoryBreakerStore()
         if not isinstance(store, InfallibleBreakerStore):
@@ -177,7 +179,7 @@ class CircuitBreaker(CircuitReplica, Policy):
                 options.on_store_failure,
                 self._clock,
                 f"CircuitBreaker {self.name!r}",
-                self.telemetry,
+                self._telemetry,
             )
         self._store = store
         self._unwatch = store.breaker_watch(self.name, self._on_snapshot)
@@ -188,7 +190,7 @@ class CircuitBreaker(CircuitReplica, Policy):
             self._adopt(
                 store.breaker_load(self.name, self._clock.now()), self._clock.now(), current=True
             )
-        track_breaker(self)  # the state gauge of the OpenTelemetry adapter (held weakly)
+        self.telemetry.track_state(self)  # the state gauge of the OpenTelemetry adapter
 
     # -- public state -------------------------------------------------------------
 
@@ -265,11 +267,17 @@ class CircuitBreaker(CircuitReplica, Policy):
 
     # -- the drivers ---------------------------------------------------------------
 
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_driver.wrap_sync(self, fn, None)
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_driver.wrap_async(self, fn, None)
+
+    def _wrap_sync(self, fn: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
         return _sync_driver.wrap_sync(self, fn, observer)
 
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver
     ) -> Callable[P, Coroutine[Any, Any, R]]:
         return _async_driver.wrap_async(self, fn, observer)
 

@@ -40,7 +40,7 @@ from ._primitives import AsyncWaiter, Waiter
 from ._sync import bulkhead as _sync_bulkhead
 from ._validation import Count, Duration, NonNegativeCount, PolicyName, options_from, options_model
 from .errors import BulkheadFull
-from .telemetry._hub import HUB
+from .telemetry.channel import Telemetry
 from .telemetry.events import BulkheadRejected
 
 __all__ = ["Bulkhead", "BulkheadOptions", "BulkheadStatistics"]
@@ -78,6 +78,7 @@ class Bulkhead(Policy):
         "_max_queued",
         "_max_wait",
         "_rejections",
+        "_telemetry",
         "_waiters",
         "name",
         "options",
@@ -97,6 +98,7 @@ class Bulkhead(Policy):
     def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
+        self._telemetry = Telemetry(self.kind, options.name)
         self._limit = options.max_concurrent
         self._max_queued = options.max_queued
         wait = options.max_wait
@@ -125,8 +127,9 @@ class Bulkhead(Policy):
 
     def _reject(self, reason: str) -> BulkheadFull:
         next(self._rejections)
-        if HUB.active:
-            HUB.emit(BulkheadRejected(self.name, reason))
+        tel = self._telemetry
+        if tel.wants(BulkheadRejected):
+            tel.emit(BulkheadRejected(self.name, reason))
         return BulkheadFull(self.name)
 
     def release(self) -> None:

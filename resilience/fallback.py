@@ -45,7 +45,7 @@ from ._validation import (
 )
 from .classify import ErrorClass, classify, error_filter, normalize_error_selector
 from .clock import SYSTEM_CLOCK, Clock
-from .telemetry._hub import HUB
+from .telemetry.channel import Telemetry
 from .telemetry.events import FallbackUsed
 
 __all__ = [
@@ -66,8 +66,10 @@ FallbackOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseEx
 _UNSET: Any = object()
 
 
-def _report(name: str, exc: BaseException, stale: bool) -> None:
-    HUB.emit(FallbackUsed(name, classify(exc).error_class.value, exc, stale))
+def _report(telemetry: Telemetry, exc: BaseException, stale: bool) -> None:
+    if telemetry.wants(FallbackUsed):
+        error_class = classify(exc).error_class.value
+        telemetry.emit(FallbackUsed(telemetry.name, error_class, exc, stale))
 
 
 def _handles(on: Any) -> Callable[[BaseException], bool]:
@@ -142,7 +144,16 @@ class Fallback(Policy):
 
     kind = "fallback"
 
-    __slots__ = ("__weakref__", "_counts", "_handler", "_handles", "_value", "name", "options")
+    __slots__ = (
+        "__weakref__",
+        "_counts",
+        "_handler",
+        "_handles",
+        "_telemetry",
+        "_value",
+        "name",
+        "options",
+    )
 
     def __init__(
         self,
@@ -158,6 +169,7 @@ class Fallback(Policy):
     def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
+        self._telemetry = Telemetry(self.kind, options.name)
         self._value = options.value
         self._handler = options.handler
         self._handles = _handles(options.on)
@@ -187,8 +199,7 @@ class Fallback(Policy):
 
     def _substitute(self, exc: Exception) -> Any:
         next(self._counts.fallbacks)
-        if HUB.active:
-            _report(self.name, exc, stale=False)
+        _report(self._telemetry, exc, stale=False)
         return self._value if self._handler is None else self._handler(exc)
 
     wrap_sync = _sync_fallback.wrap_sync
@@ -238,6 +249,7 @@ class CachedFallback(Policy):
         "_lock",
         "_max_age",
         "_max_entries",
+        "_telemetry",
         "name",
         "options",
     )
@@ -258,6 +270,7 @@ class CachedFallback(Policy):
     def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
+        self._telemetry = Telemetry(self.kind, options.name)
         self._max_age = options.max_age
         self._max_entries = options.max_entries
         self._key = options.key
@@ -309,8 +322,7 @@ class CachedFallback(Policy):
                 del self._cache[key]  # too old to ever serve again
                 return None
         next(self._counts.fallbacks)
-        if HUB.active:
-            _report(self.name, exc, stale=True)
+        _report(self._telemetry, exc, stale=True)
         return Cached(entry[1], stale=True, age=age, error=exc)
 
     # Wrapping changes the result type to Cached[R]: the Policy signature cannot say so.

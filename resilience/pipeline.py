@@ -12,14 +12,19 @@ the sync forms are generated from it (:mod:`resilience._sync.pipeline`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 from ._async import pipeline as _async_pipeline
 from ._policy import Policy
 from ._sync import pipeline as _sync_pipeline
+from .telemetry.channel import Telemetry
+from .telemetry.otel import CallObserver
 
 __all__ = ["Pipeline"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # ``call``/``acall`` reuse the chain built for a function; bounded, since a
 # program may pass a fresh lambda or bound method each time.
@@ -31,7 +36,15 @@ class Pipeline(Policy):
 
     kind = "pipeline"
 
-    __slots__ = ("__weakref__", "_async_chains", "_lock", "_sync_chains", "name", "policies")
+    __slots__ = (
+        "__weakref__",
+        "_async_chains",
+        "_lock",
+        "_sync_chains",
+        "_telemetry",
+        "name",
+        "policies",
+    )
 
     def __init__(self, *policies: Policy, name: str = "pipeline") -> None:
         for index, policy in enumerate(policies):
@@ -41,25 +54,38 @@ class Pipeline(Policy):
                 )
         self.policies: tuple[Policy, ...] = policies
         self.name = name
+        self._telemetry = Telemetry(self.kind, name)
         self._sync_chains: dict[Callable[..., Any], Callable[..., Any]] = {}
         self._async_chains: dict[Callable[..., Any], Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    wrap_sync = _sync_pipeline.wrap_sync
-    wrap_async = _async_pipeline.wrap_async
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_pipeline.wrap_sync(self, fn)
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_pipeline.wrap_async(self, fn)
+
+    def _wrap_sync(self, fn: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
+        return _sync_pipeline.wrap_sync(self, fn, observer)
+
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_pipeline.wrap_async(self, fn, observer)
 
     def _chain(
         self,
         chains: dict[Callable[..., Any], Callable[..., Any]],
         fn: Callable[..., Any],
-        wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+        wrap: Callable[[Callable[..., Any], CallObserver], Callable[..., Any]],
     ) -> Callable[..., Any]:
+        """The chain ``call``/``acall`` run ``fn`` through: observed, as decorated."""
         try:
             chain = chains.get(fn)
         except TypeError:  # an unhashable callable: wrap it for this call only
-            return wrap(fn)
+            return wrap(fn, self._call_observer())
         if chain is None:
-            chain = wrap(fn)
+            chain = wrap(fn, self._call_observer())
             with self._lock:
                 if len(chains) >= _CHAIN_CACHE_SIZE:
                     chains.clear()

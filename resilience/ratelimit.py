@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import datetime
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, ParamSpec, Self, TypeVar
 
 from pydantic import SkipValidation, field_validator, model_validator
 
@@ -55,8 +55,9 @@ from .clock import MAX_DURATION, SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError, RateLimitExceeded
 from .storage._guard import FailureMode, GuardedBucketStore
 from .storage.buckets import BucketRequest, BucketStore, FastTake, MemoryBucketStore, plain_key
-from .telemetry._hub import HUB
+from .telemetry.channel import Telemetry
 from .telemetry.events import RateLimitRejected, RateLimitWaited
+from .telemetry.otel import CallObserver
 
 __all__ = [
     "CompositeLimit",
@@ -65,6 +66,9 @@ __all__ = [
     "RateLimiterOptions",
     "RateLimiterStatistics",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Key = str | None
 KeyFunction = Callable[..., Key]
@@ -146,8 +150,20 @@ class _Acquiring(Policy):
         """The in-memory take for one unkeyed token and the counter it ticks, if any."""
         return None, _nothing
 
-    wrap_sync = _sync_ratelimit.wrap_sync
-    wrap_async = _async_ratelimit.wrap_async
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_ratelimit.wrap_sync(self, fn)
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_ratelimit.wrap_async(self, fn)
+
+    def _wrap_sync(self, fn: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
+        return _sync_ratelimit.wrap_sync(self, fn, observer)
+
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_ratelimit.wrap_async(self, fn, observer)
+
     __enter__ = _sync_ratelimit.__enter__
     __exit__ = _sync_ratelimit.__exit__
     __aenter__ = _async_ratelimit.__aenter__
@@ -174,6 +190,7 @@ class RateLimiter(_Acquiring):
         "_spec",
         "_store",
         "_take_one",
+        "_telemetry",
         "_waited",
         "name",
         "options",
@@ -211,6 +228,7 @@ class RateLimiter(_Acquiring):
     def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
+        self._telemetry = Telemetry(self.kind, options.name)
         self._owner = f"RateLimiter {options.name!r}"
         burst = _default_burst(options.rate) if options.burst is None else options.burst
         self._spec = spec = BucketSpec.of(options.rate, options.per, burst)
@@ -247,7 +265,7 @@ class RateLimiter(_Acquiring):
         if self._take_one is None:
             # A store that can fail: its calls go through the failure policy.
             self._store = GuardedBucketStore(
-                store, options.on_store_failure, self._clock, self._owner
+                store, options.on_store_failure, self._clock, self._owner, self._telemetry
             )
 
     # -- properties -------------------------------------------------------------------
@@ -319,19 +337,21 @@ class RateLimiter(_Acquiring):
             next(self._acquired)
             return True
         next(self._rejected)
-        if HUB.active:
-            HUB.emit(RateLimitRejected(self.name, None, key))
+        tel = self._telemetry
+        if tel.wants(RateLimitRejected):
+            tel.emit(RateLimitRejected(self.name, None, key))
         return False
 
     def _check_granted(self, decision: Decision, key: Key) -> None:
         """Raise (and count) a refusal; announce a wait."""
+        tel = self._telemetry
         if not decision.granted:
             next(self._rejected)
-            if HUB.active:
-                HUB.emit(RateLimitRejected(self.name, decision.retry_after, key))
+            if tel.wants(RateLimitRejected):
+                tel.emit(RateLimitRejected(self.name, decision.retry_after, key))
             raise RateLimitExceeded(self.name, decision.retry_after, key=key)
-        if decision.wait > 0 and HUB.active:
-            HUB.emit(RateLimitWaited(self.name, decision.wait, key))
+        if decision.wait > 0 and tel.wants(RateLimitWaited):
+            tel.emit(RateLimitWaited(self.name, decision.wait, key))
 
     def _count_granted(self, waited: bool) -> None:
         if waited:
@@ -392,7 +412,7 @@ RateLimiterOptions = options_model(RateLimiter.__init__, "RateLimiterOptions", _
 class Limit(_Acquiring):
     """A :class:`RateLimiter` bound to one key, cost and timeout (see :meth:`RateLimiter.limit`)."""
 
-    __slots__ = ("cost", "key", "limiter", "name", "timeout")
+    __slots__ = ("_telemetry", "cost", "key", "limiter", "name", "timeout")  # Policy.telemetry
 
     def __init__(
         self,
@@ -427,8 +447,19 @@ class Limit(_Acquiring):
     async def aacquire(self) -> None:
         await self.limiter.aacquire(self._key(), self.cost, self.timeout)
 
-    wrap_sync = _sync_ratelimit.wrap_limit_sync
-    wrap_async = _async_ratelimit.wrap_limit_async
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_ratelimit.wrap_limit_sync(self, fn)
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_ratelimit.wrap_limit_async(self, fn)
+
+    def _wrap_sync(self, fn: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
+        return _sync_ratelimit.wrap_limit_sync(self, fn, observer)
+
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_ratelimit.wrap_limit_async(self, fn, observer)
 
     def __repr__(self) -> str:
         return f"Limit({self.name!r}, key={self.key!r}, cost={self.cost})"
@@ -442,7 +473,7 @@ class CompositeLimit(_Acquiring):
     involved counts the acquisition (acquired, waited or rejected).
     """
 
-    __slots__ = ("_clock", "_limiters", "_requests", "_store", "name", "timeout")
+    __slots__ = ("_clock", "_limiters", "_requests", "_store", "_telemetry", "name", "timeout")
 
     def __init__(
         self,
@@ -501,18 +532,23 @@ class CompositeLimit(_Acquiring):
         """Raise (and count) a refusal; announce a wait."""
         if not decision.granted:
             self._count(False, False)
-            if HUB.active:
-                HUB.emit(RateLimitRejected(self.name, decision.retry_after))
+            tel = self.telemetry
+            if tel.wants(RateLimitRejected):
+                tel.emit(RateLimitRejected(self.name, decision.retry_after))
             raise RateLimitExceeded(self.name, decision.retry_after)
-        if decision.wait > 0 and HUB.active:
-            HUB.emit(RateLimitWaited(self.name, decision.wait))
+        if decision.wait > 0:
+            tel = self.telemetry
+            if tel.wants(RateLimitWaited):
+                tel.emit(RateLimitWaited(self.name, decision.wait))
 
     def try_acquire(self) -> bool:
         """Take from every bucket if all have the tokens now; never waits."""
         granted = self._store.bucket_take(self._requests, 0.0).granted
         self._count(granted, False)
-        if not granted and HUB.active:
-            HUB.emit(RateLimitRejected(self.name, None))
+        if not granted:
+            tel = self.telemetry
+            if tel.wants(RateLimitRejected):
+                tel.emit(RateLimitRejected(self.name, None))
         return granted
 
     acquire = _sync_ratelimit.acquire_all

@@ -26,7 +26,7 @@ import datetime
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
@@ -68,8 +68,9 @@ from .classify import (
 )
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError
-from .telemetry._hub import HUB
+from .telemetry.channel import Telemetry
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
+from .telemetry.otel import BlockSpan, CallObserver
 
 __all__ = [
     "DEFAULT_RETRY_AFTER_CEILING",
@@ -256,6 +257,7 @@ class Retry(Policy):
         "_rules",
         "_slow_calls",
         "_slow_successes",
+        "_telemetry",
         "name",
         "options",
     )
@@ -296,6 +298,7 @@ class Retry(Policy):
     def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
+        self._telemetry = Telemetry(self.kind, options.name)
         self._attempts = options.attempts
         self._deadline = options.deadline
         max_delay = options.max_delay
@@ -447,16 +450,18 @@ class Retry(Policy):
             next(self._give_ups)
             if self._on_give_up is not None:
                 self._on_give_up(self._info(call, None, exc, result, delay, elapsed))
-            if HUB.active:
+            tel = self._telemetry
+            if tel.wants(GaveUp):
                 value = None if error_class is None else error_class.value
-                HUB.emit(GaveUp(self.name, call.attempts, elapsed, delay, value, exc))
+                tel.emit(GaveUp(self.name, call.attempts, elapsed, delay, value, exc))
             return delay
         call.previous_delay = delay
         if self._on_retry is not None:
             self._on_retry(self._info(call, delay, exc, result, None, elapsed))
-        if HUB.active:
+        tel = self._telemetry
+        if tel.wants(RetryScheduled):
             value = None if error_class is None else error_class.value
-            HUB.emit(RetryScheduled(self.name, call.attempts, delay, value, exc))
+            tel.emit(RetryScheduled(self.name, call.attempts, delay, value, exc))
         return delay
 
     def _begin_attempt(self, call: _Call) -> None:
@@ -464,8 +469,9 @@ class Retry(Policy):
         # was interrupted (an exception, a cancelled task) made no further attempt.
         next(self._retries)
         call.attempts += 1
-        if HUB.active:
-            HUB.emit(AttemptStarted(self.name, call.attempts))
+        tel = self._telemetry
+        if tel.wants(AttemptStarted):
+            tel.emit(AttemptStarted(self.name, call.attempts))
 
     def _info(
         self,
@@ -584,12 +590,24 @@ class Retry(Policy):
 
     # -- the drivers: resilience._async.retry, and resilience._sync.retry generated from it
 
-    wrap_sync = _sync_driver.wrap_sync
-    wrap_async = _async_driver.wrap_async
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        return _sync_driver.wrap_sync(self, fn)
+
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_driver.wrap_async(self, fn)
+
+    def _wrap_sync(self, fn: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
+        return _sync_driver.wrap_sync(self, fn, observer)
+
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        return _async_driver.wrap_async(self, fn, observer)
+
     call = _sync_driver.call
     acall = _async_driver.acall
-    __iter__ = _sync_driver.iterate_attempts
-    __aiter__ = _async_driver.iterate_attempts
+    __iter__ = _sync_driver.attempts
+    __aiter__ = _async_driver.attempts
 
     def __repr__(self) -> str:
         o = self.options
@@ -610,12 +628,16 @@ class Attempt:
     to ``retry_if_result``.
     """
 
-    __slots__ = ("_exception", "_result", "number")
+    __slots__ = ("_block", "_entered", "_exception", "_result", "number")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self._exception: BaseException | None = None
         self._result: Any = NO_RESULT
+        # The call's span while an SDK is set (the iterator sets it), and what
+        # entering it returned.
+        self._block: BlockSpan | None = None
+        self._entered: Any = None
 
     def set_result(self, value: Any) -> None:
         """Record the attempt's result, for ``retry_if_result`` to judge."""
@@ -627,6 +649,9 @@ class Attempt:
         return check is None or self._result is NO_RESULT or not check(self._result)
 
     def __enter__(self) -> Attempt:
+        block = self._block
+        if block is not None:
+            self._entered = block.enter_attempt(self.number)
         return self
 
     def __exit__(
@@ -635,6 +660,9 @@ class Attempt:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        block = self._block
+        if block is not None:
+            block.exit_attempt(self._entered, exc_type, exc, tb)
         # Only Exception subclasses are retried: KeyboardInterrupt, SystemExit,
         # GeneratorExit and CancelledError always propagate.
         if isinstance(exc, Exception):
@@ -643,7 +671,7 @@ class Attempt:
         return False
 
     async def __aenter__(self) -> Attempt:
-        return self
+        return self.__enter__()
 
     async def __aexit__(
         self,

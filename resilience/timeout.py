@@ -45,9 +45,8 @@ from ._sync import timeout as _sync_timeout
 from ._validation import OptionsModel, PolicyName, PositiveDuration, options_from, options_model
 from .clock import SYSTEM_CLOCK, Clock, safe_wait
 from .errors import TimeoutExceeded
-from .telemetry._hub import HUB
+from .telemetry.channel import Telemetry
 from .telemetry.events import TimeoutExpired, TimeoutThreadAbandoned
-from .telemetry.otel import CallObserver, observe_sync
 
 __all__ = ["Timeout", "TimeoutMode", "TimeoutOptions", "TimeoutStatistics"]
 
@@ -90,6 +89,7 @@ class Timeout(Policy):
         "_calls",
         "_clock",
         "_seconds",
+        "_telemetry",
         "_timeouts",
         "mode",
         "name",
@@ -110,6 +110,7 @@ class Timeout(Policy):
     def _configure(self, options: Any) -> None:
         self.options = options
         self.name = options.name
+        self._telemetry = Telemetry(self.kind, options.name)
         self.mode = options.mode
         self._seconds: float = options.seconds
         self._clock: Clock = options.clock
@@ -133,8 +134,9 @@ class Timeout(Policy):
 
     def _count_timeout(self, seconds: float) -> None:
         next(self._timeouts)
-        if HUB.active:
-            HUB.emit(TimeoutExpired(self.name, seconds))
+        tel = self._telemetry
+        if tel.wants(TimeoutExpired):
+            tel.emit(TimeoutExpired(self.name, seconds))
 
     def _passed_through(self, deadline: RawDeadline) -> None:
         """A ``TimeoutExceeded`` from inside (``check_deadline``, an inner timeout):
@@ -150,10 +152,10 @@ class Timeout(Policy):
 
     # -- drivers --------------------------------------------------------------------
 
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         if self.mode == "thread":
-            return observe_sync(self._wrap_thread(fn), observer)
-        return _sync_timeout.wrap_sync(self, fn, observer)
+            return self._wrap_thread(fn)
+        return _sync_timeout.wrap_sync(self, fn)
 
     wrap_async = _async_timeout.wrap_async
 
@@ -186,7 +188,7 @@ class Timeout(Policy):
                 if future.done():
                     raise  # the call's own TimeoutError (the same class since 3.11)
                 next(self._abandoned)
-                telemetry = self.telemetry
+                telemetry = self._telemetry
                 if telemetry.wants(TimeoutThreadAbandoned):
                     telemetry.emit(TimeoutThreadAbandoned(name, deadline[3], worker.name))
                 raise self._expired(deadline[3]) from None

@@ -50,6 +50,7 @@ SUBS: dict[str, str] = {
     "_async": "_sync",
     "_async_chains": "_sync_chains",
     "_asleep_or_refund": "_sleep_or_refund",
+    "_wrap_async": "_wrap_sync",
     "aacquire": "acquire",
     "aacquire_all": "acquire_all",
     "abreaker_acquire_probe": "breaker_acquire_probe",

@@ -12,7 +12,7 @@ import resilience as rs
 from resilience.bulkhead import Bulkhead
 from resilience.fallback import Fallback
 from resilience.pipeline import Pipeline
-from resilience.telemetry.otel import CallObserver, observe_async, observe_sync
+from resilience.telemetry.otel import CallObserver
 from resilience.testing import FakeClock
 from resilience.timeout import Timeout
 
@@ -28,9 +28,9 @@ class Recorder(rs.Policy):
         self.log = log
         self.wrapped = 0
 
-    # A custom policy: build the protected callable, and hand it to observe_sync
-    # so that it reports to OpenTelemetry like the library's own policies.
-    def wrap_sync(self, fn: Callable[P, R], observer: CallObserver | None = None) -> Callable[P, R]:
+    # A custom policy implements the protection alone: the base class adds the
+    # call's span and metrics when it decorates (see docs/pipeline.md).
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         self.wrapped += 1
 
         def recorded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -40,11 +40,9 @@ class Recorder(rs.Policy):
             finally:
                 self.log.append(f"<{self.name}")
 
-        return observe_sync(recorded, observer)
+        return recorded
 
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         self.wrapped += 1
 
         async def recorded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -54,7 +52,7 @@ class Recorder(rs.Policy):
             finally:
                 self.log.append(f"<{self.name}")
 
-        return observe_async(recorded, observer)
+        return recorded
 
 
 @pytest.fixture
@@ -230,21 +228,29 @@ async def test_async_fallback_outside_timeout_outside_retry(clock: FakeClock) ->
 
 
 class ObservedRecorder(Recorder):
-    """A policy whose wrap takes a telemetry observer, like Retry's."""
+    """A Recorder noting how it is wrapped: with the call's observer, or without."""
 
     def __init__(self, name: str, log: list[str]) -> None:
         super().__init__(name, log)
         self.observers: list[object] = []
 
-    def wrap_sync(self, fn: Callable[P, R], observer: object = None) -> Callable[P, R]:
-        self.observers.append(observer)
+    def wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        self.observers.append(None)
         return super().wrap_sync(fn)
 
-    def wrap_async(
-        self, fn: Callable[P, Awaitable[R]], observer: object = None
+    def wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        self.observers.append(None)
+        return super().wrap_async(fn)
+
+    def _wrap_sync(self, fn: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
+        self.observers.append(observer)
+        return Recorder.wrap_sync(self, fn)
+
+    def _wrap_async(
+        self, fn: Callable[P, Awaitable[R]], observer: CallObserver
     ) -> Callable[P, Coroutine[Any, Any, R]]:
         self.observers.append(observer)
-        return super().wrap_async(fn)
+        return Recorder.wrap_async(self, fn)
 
 
 async def test_decorating_gives_the_outermost_policy_the_pipelines_observer() -> None:
@@ -264,5 +270,7 @@ async def test_decorating_gives_the_outermost_policy_the_pipelines_observer() ->
     assert await awork() == 2
     assert inner.observers == [None, None]  # one span for the whole pipeline
     assert [type(o).__name__ for o in outer.observers] == ["CallObserver", "CallObserver"]
-    assert pipeline.call(lambda: 3) == 3  # call/acall: no span, as for every policy
-    assert outer.observers[-1] is None
+    # call/acall: the decorator's span too, through the same outermost policy.
+    assert pipeline.call(lambda: 3) == 3
+    assert type(outer.observers[-1]).__name__ == "CallObserver"
+    assert inner.observers[-1] is None

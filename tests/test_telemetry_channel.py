@@ -95,7 +95,7 @@ def test_each_policy_has_one_channel() -> None:
     assert (channel.kind, channel.name) == ("retry", "api")
     assert retry.telemetry is channel
     assert channel.observer is channel.observer
-    assert retry.observer() is channel.observer  # what the decorator hands the driver
+    assert retry._call_observer() is channel.observer  # what the decorator hands the driver
     breaker = rs.CircuitBreaker("cb")
     assert (breaker.telemetry.kind, breaker.telemetry.name) == ("circuit_breaker", "cb")
 
@@ -343,9 +343,7 @@ def test_a_store_outage_and_recovery_reach_subscribers_logs_and_otel(
     assert len(outages) == len(recoveries) == 1
     (outage,), (recovery,) = outages, recoveries
     owner = f"RateLimiter {name!r}"
-    # The policy's name once the limiter hands its guard its own channel; until
-    # then the guard's channel is named after its owner.
-    assert outage.policy in (name, owner)
+    assert outage.policy == name  # the limiter's own channel: its guard reports through it
     assert (outage.owner, outage.mode) == (owner, "local")
     assert outage.store.startswith("postgresql://") and outage.reason
     assert (recovery.policy, recovery.owner, recovery.store, recovery.downtime) == (
@@ -452,3 +450,82 @@ def test_every_mapped_event_records_its_metrics(otel: OTel) -> None:
         finished = otel.spans.get_finished_spans()[-1]
         assert finished.context.span_id == span.get_span_context().span_id
         assert [e.name for e in finished.events] == [event_type.name]
+
+
+# -- nobody listening: no event object is built ------------------------------------------
+
+
+def test_with_no_subscriber_and_no_sdk_no_event_is_built(
+    quiet_logs: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resilience._breaker_replica as replica_module
+    import resilience.bulkhead as bulkhead_module
+    import resilience.fallback as fallback_module
+    import resilience.ratelimit as ratelimit_module
+    import resilience.retry as retry_module
+    import resilience.timeout as timeout_module
+
+    built: list[str] = []
+    users = {
+        retry_module: ("AttemptStarted", "GaveUp", "RetryScheduled"),
+        replica_module: ("CallRejected", "CircuitStateChanged"),
+        ratelimit_module: ("RateLimitRejected", "RateLimitWaited"),
+        bulkhead_module: ("BulkheadRejected",),
+        timeout_module: ("TimeoutExpired",),
+        fallback_module: ("FallbackUsed",),
+    }
+
+    def counting(original: type[events.Event]) -> type[events.Event]:
+        """A subclass that counts its instances, in place of the one a policy builds."""
+
+        class Counting(original):  # type: ignore[valid-type,misc]
+            __slots__ = ()
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                built.append(original.__name__)
+                original.__init__(self, *args, **kwargs)
+
+        Counting.__name__ = Counting.__qualname__ = original.__name__
+        return Counting
+
+    for module, names in users.items():
+        for name in names:
+            monkeypatch.setattr(module, name, counting(getattr(events, name)))
+
+    def every_failure_path() -> None:
+        clock = FakeClock()
+        retry = rs.Retry(attempts=2, backoff=rs.Backoff.constant(1), clock=clock, name="q")
+        with pytest.raises(ConnectionError):
+            retry.call(_fails)
+        breaker = rs.CircuitBreaker("q", failure_threshold=1, clock=clock)
+        with pytest.raises(ConnectionError):
+            breaker.call(_fails)
+        with pytest.raises(rs.CircuitOpenError):
+            breaker.call(_fails)
+        limiter = rs.RateLimiter("q", rate=1, per=1.0, burst=1, max_wait=5, clock=clock)
+        limiter.acquire()
+        limiter.acquire()  # waits
+        assert not limiter.try_acquire()
+        bulkhead = rs.Bulkhead(1, name="q")
+        with bulkhead, pytest.raises(rs.BulkheadFull):
+            bulkhead.acquire()
+        timeout = rs.Timeout(1.0, clock=clock, name="q")
+        with pytest.raises(rs.TimeoutExceeded):
+            timeout.call(lambda: clock.advance(2.0))
+        assert rs.Fallback("x", name="q").call(_fails) == "x"
+
+    assert not rs_otel.OTEL.on
+    channel = telemetry.Telemetry("retry", "q")
+    assert not any(channel.wants(event_type) for event_type in events.event_types())
+    every_failure_path()
+    assert built == []
+    # The same paths with a subscriber build every one of them: the count is real.
+    with_subscriber: list[events.Event] = []
+    unsubscribe = telemetry.subscribe(with_subscriber.append)
+    try:
+        every_failure_path()
+    finally:
+        unsubscribe()
+    expected = {name for names in users.values() for name in names}
+    assert set(built) == expected
+    assert {type(event).__name__ for event in with_subscriber} == expected

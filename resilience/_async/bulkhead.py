@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from .._primitives import AsyncWaiter
 from ..clock import safe_wait
-from ..telemetry.otel import observe_async
+from ..telemetry.otel import OTEL
 
 if TYPE_CHECKING:
     # unasync: sync from collections.abc import Callable
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from typing import Any  # unasync: async only
 
     from ..bulkhead import Bulkhead
-    from ..telemetry.otel import CallObserver
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,15 +52,9 @@ async def aacquire(bulkhead: Bulkhead) -> None:
 
 
 def wrap_async(
-    bulkhead: Bulkhead, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """``fn`` holding a slot while it runs."""
-    return observe_async(protect(bulkhead, fn), observer)
-
-
-def protect(
     bulkhead: Bulkhead, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``fn`` holding a slot while it runs."""
     # The closure inlines the uncontended case of acquire/release (a slot free,
     # nobody queued): two short critical sections and no extra Python frames.
     lock, limit, waiters = bulkhead._lock, bulkhead._limit, bulkhead._waiters
@@ -90,7 +83,16 @@ def protect(
 
 
 async def __aenter__(bulkhead: Bulkhead) -> Bulkhead:
-    await bulkhead.aacquire()
+    # The decorator's span, from before the slot is taken to after it is given back.
+    opened = OTEL.on
+    if opened:
+        bulkhead.telemetry.open_block()
+    try:
+        await bulkhead.aacquire()
+    except BaseException as error:
+        if opened:
+            bulkhead.telemetry.close_block(type(error), error, error.__traceback__)
+        raise
     return bulkhead
 
 
@@ -100,4 +102,8 @@ async def __aexit__(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    bulkhead.release()
+    try:
+        bulkhead.release()
+    finally:
+        if OTEL.on:
+            bulkhead.telemetry.close_block(exc_type, exc, tb)

@@ -10,30 +10,21 @@ from __future__ import annotations
 import inspect  # unasync: async only
 from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
-from ..telemetry.otel import observe_async
-
 if TYPE_CHECKING:
     # unasync: sync from collections.abc import Callable
     from collections.abc import Awaitable, Callable, Coroutine  # unasync: async only
     from typing import Any  # unasync: async only
 
     from ..fallback import Cached, CachedFallback, Fallback
-    from ..telemetry.otel import CallObserver
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def wrap_async(
-    fallback: Fallback, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """``fn`` answering ``value`` or ``handler(exc)`` on a handled error."""
-    return observe_async(protect(fallback, fn), observer)
-
-
-def protect(
     fallback: Fallback, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``fn`` answering ``value`` or ``handler(exc)`` on a handled error."""
     handles, substitute, counts = fallback._handles, fallback._substitute, fallback._counts
     tick = counts.calls.__next__
 
@@ -57,15 +48,9 @@ def protect(
 
 
 def wrap_cached_async(
-    cached: CachedFallback, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
-) -> Callable[P, Coroutine[Any, Any, Cached[R]]]:
-    """``fn`` remembering each good result, and serving it stale on a handled error."""
-    return observe_async(protect_cached(cached, fn), observer)
-
-
-def protect_cached(
     cached: CachedFallback, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[Any, Any, Cached[R]]]:
+    """``fn`` remembering each good result, and serving it stale on a handled error."""
     key_of, remember, serve = cached._cache_key, cached._remember, cached._serve
     handles = cached._handles
     tick = cached._counts.calls.__next__

@@ -28,22 +28,27 @@ def wrap_async(
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """``fn`` wrapped by every policy, the first outermost.
 
-    One telemetry span for the whole pipeline: only the outermost policy gets
-    the observer, so an observed call costs no extra frame and no nested spans.
+    One telemetry span for the whole pipeline (with an ``observer``): only the
+    outermost policy gets it, so an observed call costs no extra frame and no
+    nested spans.
     """
     if not pipeline.policies:
-        return observe_async(as_coroutine_function(fn), observer)  # unasync: async only
-        # unasync: sync return observe_sync(fn, observer)
+        bare = as_coroutine_function(fn)  # unasync: async only
+        # unasync: sync bare = fn
+        return bare if observer is None else observe_async(bare, observer)
     outermost, *inner = pipeline.policies
     wrapped: Callable[P, Awaitable[R]] = fn
     for policy in reversed(inner):
         wrapped = policy.wrap_async(wrapped)
-    return outermost.wrap_async(wrapped, observer)
+    if observer is None:
+        return outermost.wrap_async(wrapped)
+    return outermost._wrap_async(wrapped, observer)
 
 
 async def acall(
     pipeline: Pipeline, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
 ) -> R:
-    """Call ``fn(*args, **kwargs)`` through every policy of the pipeline (awaited, if async)."""
-    chain = pipeline._chain(pipeline._async_chains, fn, pipeline.wrap_async)
+    """Call ``fn(*args, **kwargs)`` through every policy of the pipeline (awaited, if
+    async), with the span and metrics of a decorated call."""
+    chain = pipeline._chain(pipeline._async_chains, fn, pipeline._wrap_async)
     return await chain(*args, **kwargs)  # type: ignore[no-any-return]

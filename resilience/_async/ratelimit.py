@@ -186,7 +186,17 @@ def wrap_limit_async(
 
 
 async def __aenter__(policy: A) -> A:
-    await policy.aacquire()
+    # The decorator's span, from before the acquisition (which may wait or be
+    # refused) to the end of the block.
+    opened = OTEL.on
+    if opened:
+        policy.telemetry.open_block()
+    try:
+        await policy.aacquire()
+    except BaseException as error:
+        if opened:
+            policy.telemetry.close_block(type(error), error, error.__traceback__)
+        raise
     return policy
 
 
@@ -196,4 +206,6 @@ async def __aexit__(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    return None  # tokens are spent, not held: nothing to give back
+    # Tokens are spent, not held: nothing to give back but the span.
+    if OTEL.on:
+        policy.telemetry.close_block(exc_type, exc, tb)

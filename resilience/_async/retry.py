@@ -7,24 +7,35 @@ delegates to both. The success path of a decorated function is one call and one
 counter tick; the bookkeeping starts at the first failure
 (:meth:`Retry._start_call`), and every failure is judged by :meth:`Retry._judge`,
 the method :meth:`Retry.decide` calls too.
+
+Every form reports the decorator's span and metrics through the policy's
+channel: the decorated closure and ``acall`` test ``OTEL.on`` inline (one
+attribute read) and hand the call to the observer; the block form gets a
+:class:`~resilience.telemetry.otel.BlockSpan` (see :func:`observed_attempts`).
 """
 
 from __future__ import annotations
 
-# unasync: sync from collections.abc import Callable, Iterator
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine  # unasync: async only
+# unasync: sync from collections.abc import Callable, Generator, Iterator
+from collections.abc import (  # unasync: async only
+    AsyncGenerator,  # unasync: async only
+    AsyncIterator,  # unasync: async only
+    Awaitable,  # unasync: async only
+    Callable,  # unasync: async only
+    Coroutine,  # unasync: async only
+)  # unasync: async only
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .. import retry as facade
 from .._core.retry import NO_RESULT
 from .._deadline import DEADLINE, tighter
 from .._testing_mode import TESTING_MODE
-from ..telemetry.otel import OTEL, CallObserver, attempt_span
+from ..telemetry.otel import OTEL, CallObserver
 
 if TYPE_CHECKING:
     from ..retry import Attempt, Retry
 
-__all__ = ["acall", "iterate_attempts", "retry_rest", "wrap_async"]
+__all__ = ["acall", "attempts", "iterate_attempts", "observed_attempts", "retry_rest", "wrap_async"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,6 +122,7 @@ async def retry_rest(
     check = policy._retry_if_result
     now = policy._clock.now
     judge = policy._judge
+    attempt = policy._telemetry.attempt
     while True:
         elapsed = now() - call.start
         delay = judge(call, exc, result, elapsed, policy._enclosing_remaining(call.start))
@@ -120,7 +132,7 @@ async def retry_rest(
             await policy._clock.asleep(delay)
         policy._begin_attempt(call)
         try:
-            with attempt_span(policy.name, call.attempts):
+            with attempt(call.attempts):
                 value = await fn(*args, **kwargs)
         except Exception as error:
             exc, result = error, NO_RESULT
@@ -135,6 +147,11 @@ async def acall(
     policy: Retry, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
 ) -> R:
     """Call and await ``fn(*args, **kwargs)``, retrying as configured."""
+    if OTEL.on:
+        # The decorator's span, through the closure it builds: wrapping per call
+        # costs little next to a span, and nothing without an SDK.
+        protected = wrap_async(policy, fn)
+        return await policy._telemetry.observer.call_async(protected, args, kwargs)
     start = policy._clock.now()
     scope = policy._deadline_scope(start)
     try:
@@ -156,8 +173,55 @@ async def acall(
             DEADLINE.reset(scope)
 
 
-async def iterate_attempts(policy: Retry) -> AsyncIterator[Attempt]:
-    """The block form: ``async for attempt in retry: async with attempt: ...``."""
+def attempts(policy: Retry) -> AsyncIterator[Attempt]:
+    """The block form: ``async for attempt in retry: async with attempt: ...``,
+    with the call's span while an OpenTelemetry SDK is set."""
+    if OTEL.on:
+        return observed_attempts(policy)
+    return iterate_attempts(policy)
+
+
+async def observed_attempts(policy: Retry) -> AsyncIterator[Attempt]:
+    """:func:`iterate_attempts` inside the call's span (a BlockSpan).
+
+    The span is current only while a piece of the block form runs: each step of
+    the iterator here, and each attempt's block (``Attempt.__aenter__`` to
+    ``__aexit__``). Nothing stays attached across a ``yield``: an iterator left
+    early (``break``, an exception) is closed later and maybe elsewhere (an async
+    one by the event loop, in a task of its own; a sync one when it is collected),
+    where there is nothing to detach, only the span to end.
+    """
+    block = policy._telemetry.observer.block()
+    steps = iterate_attempts(policy)
+    attempt: Attempt | None = None
+    try:
+        while True:
+            token = block.attach()
+            try:
+                attempt = await anext(steps)
+            except StopAsyncIteration:
+                break
+            finally:
+                block.detach(token)
+            attempt._block = block
+            yield attempt
+    except GeneratorExit:
+        # Left early: the call ended as its last attempt's block did.
+        escaped = block.escaped
+        block.end(escaped if escaped is not None or attempt is None else attempt._exception)
+        raise
+    except BaseException as error:  # gave up: the last failure, re-raised
+        block.end(error)
+        raise
+    else:
+        block.end(None)
+    finally:
+        await steps.aclose()
+
+
+# unasync: sync def iterate_attempts(policy: Retry) -> Generator[Attempt, None, None]:
+async def iterate_attempts(policy: Retry) -> AsyncGenerator[Attempt, None]:  # unasync: async only
+    """The block form's attempts, unobserved."""
     now = policy._clock.now
     check = policy._retry_if_result
     start = now()

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from .._deadline import DEADLINE, tighter
 from ..clock import safe_wait  # unasync: async only
 from ..errors import TimeoutExceeded
-from ..telemetry.otel import observe_async
 
 if TYPE_CHECKING:
     # unasync: sync from collections.abc import Callable
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from typing import Any  # unasync: async only
 
     from .._deadline import RawDeadline
-    from ..telemetry.otel import CallObserver
     from ..timeout import Timeout
 
 P = ParamSpec("P")
@@ -31,13 +29,9 @@ R = TypeVar("R")
 
 
 def wrap_async(
-    timeout: Timeout, fn: Callable[P, Awaitable[R]], observer: CallObserver | None = None
+    timeout: Timeout, fn: Callable[P, Awaitable[R]]
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """``fn`` bounded by the timeout's ``seconds`` (and any enclosing deadline)."""
-    return observe_async(protect(timeout, fn), observer)
-
-
-def protect(timeout: Timeout, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     seconds, clock, name = timeout._seconds, timeout._clock, timeout.name
     tick, expired, passed_through = (
         timeout._calls.__next__,

@@ -277,14 +277,26 @@ def call(breaker: CircuitBreaker, fn: Callable[..., R], args: Any, kwargs: Any) 
 # -- the with-block ----------------------------------------------------------------------
 
 
+# The decorator's span covers a with-block too: opened before the admission
+# (a rejection ends it at once), closed after the outcome is recorded.
+
+
 def enter_block(breaker: CircuitBreaker) -> CircuitBreaker:
     entries = breaker._entries
+    opened = OTEL.on
+    if opened:
+        breaker._telemetry.open_block()
     if breaker._fast_block and breaker._closed:
         # Closed, nothing to time: skip the admission (the common case).
         entries.set((PASS, 0.0, entries.get()))
         return breaker
     start = breaker._clock.now()
-    ticket = admitted(breaker, start)
+    try:
+        ticket = admitted(breaker, start)
+    except BaseException as error:
+        if opened:
+            breaker._telemetry.close_block(type(error), error, error.__traceback__)
+        raise
     entries.set((ticket, start, entries.get()))
     return breaker
 
@@ -301,12 +313,18 @@ def exit_block(
         raise RuntimeError(f"circuit {breaker.name!r}: __exit__ without __enter__")
     ticket, start, previous = entry
     entries.set(previous)
-    if exc is None and ticket == PASS and breaker._fast_block:
-        due = breaker._closed_success()
-        if due is not None:
-            report_trip(breaker, due)
-        return
-    outcome = (
-        breaker._outcome_of_time(start) if exc is None else breaker._outcome_of_error(exc, start)
-    )
-    report_finish(breaker, ticket, outcome)
+    try:
+        if exc is None and ticket == PASS and breaker._fast_block:
+            due = breaker._closed_success()
+            if due is not None:
+                report_trip(breaker, due)
+            return
+        outcome = (
+            breaker._outcome_of_time(start)
+            if exc is None
+            else breaker._outcome_of_error(exc, start)
+        )
+        report_finish(breaker, ticket, outcome)
+    finally:
+        if OTEL.on:
+            breaker._telemetry.close_block(exc_type, exc, tb)

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from .._primitives import Waiter
 from ..clock import safe_wait
-from ..telemetry.otel import observe_sync
+from ..telemetry.otel import OTEL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
     from ..bulkhead import Bulkhead
-    from ..telemetry.otel import CallObserver
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,14 +50,8 @@ def acquire(bulkhead: Bulkhead) -> None:
     next(bulkhead._calls)
 
 
-def wrap_sync(
-    bulkhead: Bulkhead, fn: Callable[P, R], observer: CallObserver | None = None
-) -> Callable[P, R]:
+def wrap_sync(bulkhead: Bulkhead, fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` holding a slot while it runs."""
-    return observe_sync(protect(bulkhead, fn), observer)
-
-
-def protect(bulkhead: Bulkhead, fn: Callable[P, R]) -> Callable[P, R]:
     # The closure inlines the uncontended case of acquire/release (a slot free,
     # nobody queued): two short critical sections and no extra Python frames.
     lock, limit, waiters = bulkhead._lock, bulkhead._limit, bulkhead._waiters
@@ -87,7 +80,16 @@ def protect(bulkhead: Bulkhead, fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def __enter__(bulkhead: Bulkhead) -> Bulkhead:
-    bulkhead.acquire()
+    # The decorator's span, from before the slot is taken to after it is given back.
+    opened = OTEL.on
+    if opened:
+        bulkhead.telemetry.open_block()
+    try:
+        bulkhead.acquire()
+    except BaseException as error:
+        if opened:
+            bulkhead.telemetry.close_block(type(error), error, error.__traceback__)
+        raise
     return bulkhead
 
 
@@ -97,4 +99,8 @@ def __exit__(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    bulkhead.release()
+    try:
+        bulkhead.release()
+    finally:
+        if OTEL.on:
+            bulkhead.telemetry.close_block(exc_type, exc, tb)

@@ -10,26 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
-from ..telemetry.otel import observe_sync
-
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..fallback import Cached, CachedFallback, Fallback
-    from ..telemetry.otel import CallObserver
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def wrap_sync(
-    fallback: Fallback, fn: Callable[P, R], observer: CallObserver | None = None
-) -> Callable[P, R]:
+def wrap_sync(fallback: Fallback, fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` answering ``value`` or ``handler(exc)`` on a handled error."""
-    return observe_sync(protect(fallback, fn), observer)
-
-
-def protect(fallback: Fallback, fn: Callable[P, R]) -> Callable[P, R]:
     handles, substitute, counts = fallback._handles, fallback._substitute, fallback._counts
     tick = counts.calls.__next__
 
@@ -50,14 +41,8 @@ def protect(fallback: Fallback, fn: Callable[P, R]) -> Callable[P, R]:
 # Wrapping changes the result type to Cached[R]: the Policy signature cannot say so.
 
 
-def wrap_cached_sync(
-    cached: CachedFallback, fn: Callable[P, R], observer: CallObserver | None = None
-) -> Callable[P, Cached[R]]:
+def wrap_cached_sync(cached: CachedFallback, fn: Callable[P, R]) -> Callable[P, Cached[R]]:
     """``fn`` remembering each good result, and serving it stale on a handled error."""
-    return observe_sync(protect_cached(cached, fn), observer)
-
-
-def protect_cached(cached: CachedFallback, fn: Callable[P, R]) -> Callable[P, Cached[R]]:
     key_of, remember, serve = cached._cache_key, cached._remember, cached._serve
     handles = cached._handles
     tick = cached._counts.calls.__next__

@@ -26,19 +26,24 @@ def wrap_sync(
 ) -> Callable[P, R]:
     """``fn`` wrapped by every policy, the first outermost.
 
-    One telemetry span for the whole pipeline: only the outermost policy gets
-    the observer, so an observed call costs no extra frame and no nested spans.
+    One telemetry span for the whole pipeline (with an ``observer``): only the
+    outermost policy gets it, so an observed call costs no extra frame and no
+    nested spans.
     """
     if not pipeline.policies:
-        return observe_sync(fn, observer)
+        bare = fn
+        return bare if observer is None else observe_sync(bare, observer)
     outermost, *inner = pipeline.policies
     wrapped: Callable[P, R] = fn
     for policy in reversed(inner):
         wrapped = policy.wrap_sync(wrapped)
-    return outermost.wrap_sync(wrapped, observer)
+    if observer is None:
+        return outermost.wrap_sync(wrapped)
+    return outermost._wrap_sync(wrapped, observer)
 
 
 def call(pipeline: Pipeline, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Call ``fn(*args, **kwargs)`` through every policy of the pipeline (awaited, if async)."""
-    chain = pipeline._chain(pipeline._sync_chains, fn, pipeline.wrap_sync)
+    """Call ``fn(*args, **kwargs)`` through every policy of the pipeline (awaited, if
+    async), with the span and metrics of a decorated call."""
+    chain = pipeline._chain(pipeline._sync_chains, fn, pipeline._wrap_sync)
     return chain(*args, **kwargs)  # type: ignore[no-any-return]

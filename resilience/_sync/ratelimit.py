@@ -181,7 +181,17 @@ def wrap_limit_sync(
 
 
 def __enter__(policy: A) -> A:
-    policy.acquire()
+    # The decorator's span, from before the acquisition (which may wait or be
+    # refused) to the end of the block.
+    opened = OTEL.on
+    if opened:
+        policy.telemetry.open_block()
+    try:
+        policy.acquire()
+    except BaseException as error:
+        if opened:
+            policy.telemetry.close_block(type(error), error, error.__traceback__)
+        raise
     return policy
 
 
@@ -191,4 +201,6 @@ def __exit__(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    return None  # tokens are spent, not held: nothing to give back
+    # Tokens are spent, not held: nothing to give back but the span.
+    if OTEL.on:
+        policy.telemetry.close_block(exc_type, exc, tb)

@@ -8,23 +8,28 @@ delegates to both. The success path of a decorated function is one call and one
 counter tick; the bookkeeping starts at the first failure
 (:meth:`Retry._start_call`), and every failure is judged by :meth:`Retry._judge`,
 the method :meth:`Retry.decide` calls too.
+
+Every form reports the decorator's span and metrics through the policy's
+channel: the decorated closure and ``call`` test ``OTEL.on`` inline (one
+attribute read) and hand the call to the observer; the block form gets a
+:class:`~resilience.telemetry.otel.BlockSpan` (see :func:`observed_attempts`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .. import retry as facade
 from .._core.retry import NO_RESULT
 from .._deadline import DEADLINE, tighter
 from .._testing_mode import TESTING_MODE
-from ..telemetry.otel import OTEL, CallObserver, attempt_span
+from ..telemetry.otel import OTEL, CallObserver
 
 if TYPE_CHECKING:
     from ..retry import Attempt, Retry
 
-__all__ = ["call", "iterate_attempts", "retry_rest", "wrap_sync"]
+__all__ = ["call", "attempts", "iterate_attempts", "observed_attempts", "retry_rest", "wrap_sync"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,6 +116,7 @@ def retry_rest(
     check = policy._retry_if_result
     now = policy._clock.now
     judge = policy._judge
+    attempt = policy._telemetry.attempt
     while True:
         elapsed = now() - call.start
         delay = judge(call, exc, result, elapsed, policy._enclosing_remaining(call.start))
@@ -120,7 +126,7 @@ def retry_rest(
             policy._clock.sleep(delay)
         policy._begin_attempt(call)
         try:
-            with attempt_span(policy.name, call.attempts):
+            with attempt(call.attempts):
                 value = fn(*args, **kwargs)
         except Exception as error:
             exc, result = error, NO_RESULT
@@ -133,6 +139,11 @@ def retry_rest(
 
 def call(policy: Retry, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """Call and ``fn(*args, **kwargs)``, retrying as configured."""
+    if OTEL.on:
+        # The decorator's span, through the closure it builds: wrapping per call
+        # costs little next to a span, and nothing without an SDK.
+        protected = wrap_sync(policy, fn)
+        return policy._telemetry.observer.call_sync(protected, args, kwargs)
     start = policy._clock.now()
     scope = policy._deadline_scope(start)
     try:
@@ -154,8 +165,54 @@ def call(policy: Retry, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
             DEADLINE.reset(scope)
 
 
-def iterate_attempts(policy: Retry) -> Iterator[Attempt]:
-    """The block form: ``for attempt in retry: with attempt: ...``."""
+def attempts(policy: Retry) -> Iterator[Attempt]:
+    """The block form: ``for attempt in retry: with attempt: ...``,
+    with the call's span while an OpenTelemetry SDK is set."""
+    if OTEL.on:
+        return observed_attempts(policy)
+    return iterate_attempts(policy)
+
+
+def observed_attempts(policy: Retry) -> Iterator[Attempt]:
+    """:func:`iterate_attempts` inside the call's span (a BlockSpan).
+
+    The span is current only while a piece of the block form runs: each step of
+    the iterator here, and each attempt's block (``Attempt.__enter__`` to
+    ``__exit__``). Nothing stays attached across a ``yield``: an iterator left
+    early (``break``, an exception) is closed later and maybe elsewhere (an async
+    one by the event loop, in a task of its own; a sync one when it is collected),
+    where there is nothing to detach, only the span to end.
+    """
+    block = policy._telemetry.observer.block()
+    steps = iterate_attempts(policy)
+    attempt: Attempt | None = None
+    try:
+        while True:
+            token = block.attach()
+            try:
+                attempt = next(steps)
+            except StopIteration:
+                break
+            finally:
+                block.detach(token)
+            attempt._block = block
+            yield attempt
+    except GeneratorExit:
+        # Left early: the call ended as its last attempt's block did.
+        escaped = block.escaped
+        block.end(escaped if escaped is not None or attempt is None else attempt._exception)
+        raise
+    except BaseException as error:  # gave up: the last failure, re-raised
+        block.end(error)
+        raise
+    else:
+        block.end(None)
+    finally:
+        steps.close()
+
+
+def iterate_attempts(policy: Retry) -> Generator[Attempt, None, None]:
+    """The block form's attempts, unobserved."""
     now = policy._clock.now
     check = policy._retry_if_result
     start = now()

@@ -14,27 +14,19 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from .._deadline import DEADLINE, tighter
 from ..errors import TimeoutExceeded
-from ..telemetry.otel import observe_sync
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._deadline import RawDeadline
-    from ..telemetry.otel import CallObserver
     from ..timeout import Timeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def wrap_sync(
-    timeout: Timeout, fn: Callable[P, R], observer: CallObserver | None = None
-) -> Callable[P, R]:
+def wrap_sync(timeout: Timeout, fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` bounded by the timeout's ``seconds`` (and any enclosing deadline)."""
-    return observe_sync(protect(timeout, fn), observer)
-
-
-def protect(timeout: Timeout, fn: Callable[P, R]) -> Callable[P, R]:
     seconds, clock, name = timeout._seconds, timeout._clock, timeout.name
     tick, expired, passed_through = (
         timeout._calls.__next__,

@@ -159,7 +159,7 @@ class ResilientTransport(_Options, httpx.BaseTransport):
         self._transport = httpx.HTTPTransport() if transport is None else transport
         self._routes: HttpRoutes[SyncSend] = HttpRoutes(
             pipeline,
-            wrap=lambda policy: policy.wrap_sync(self._attempt, policy.observer()),
+            wrap=lambda policy: policy._wrap_sync(self._attempt, policy._call_observer()),
             per_host=per_host,
             pipeline_for=pipeline_for,
             clock=clock,
@@ -221,7 +221,7 @@ class AsyncResilientTransport(_Options, httpx.AsyncBaseTransport):
         self._transport = httpx.AsyncHTTPTransport() if transport is None else transport
         self._routes: HttpRoutes[AsyncSend] = HttpRoutes(
             pipeline,
-            wrap=lambda policy: policy.wrap_async(self._attempt, policy.observer()),
+            wrap=lambda policy: policy._wrap_async(self._attempt, policy._call_observer()),
             per_host=per_host,
             pipeline_for=pipeline_for,
             clock=clock,

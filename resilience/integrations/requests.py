@@ -113,7 +113,7 @@ class ResilientAdapter(HTTPAdapter):
         )
         self._routes: HttpRoutes[Send] = HttpRoutes(
             pipeline,
-            wrap=lambda policy: policy.wrap_sync(self._attempt, policy.observer()),
+            wrap=lambda policy: policy._wrap_sync(self._attempt, policy._call_observer()),
             per_host=per_host,
             pipeline_for=pipeline_for,
             clock=clock,

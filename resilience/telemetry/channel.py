@@ -3,7 +3,9 @@
 A policy holds one :class:`Telemetry` (``policy.telemetry``) and reports
 through it: events (:meth:`~Telemetry.emit`, after :meth:`~Telemetry.wants`),
 the span and metrics of each call (:attr:`~Telemetry.observer` for decorated
-callables, :meth:`~Telemetry.span` for block forms), retry attempts
+callables and ``call``/``acall``, :meth:`~Telemetry.span` around a block,
+:meth:`~Telemetry.open_block`/:meth:`~Telemetry.close_block` for a
+``with policy:`` whose enter and exit are separate calls), retry attempts
 (:meth:`~Telemetry.attempt`) and, for a breaker, its state
 (:meth:`~Telemetry.track_state`). Logs, spans and metrics are made by the
 subscribers behind it (the logging and OpenTelemetry adapters, and the
@@ -12,19 +14,27 @@ application's own): the policy never calls them itself.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
 from typing import Any, Protocol
 
 from ._hub import HUB
 from .events import Event
-from .otel import OTEL, CallObserver, attempt_span
+from .otel import OTEL, CallObserver
 
-__all__ = ["Telemetry", "tracked_states"]
+__all__ = ["OPEN_BLOCKS", "Telemetry", "tracked_states"]
 
 _NO_SPAN = nullcontext()
+
+OPEN_BLOCKS: contextvars.ContextVar[tuple[AbstractContextManager[None], Telemetry, Any] | None] = (
+    contextvars.ContextVar("resilience open block spans", default=None)
+)
+"""The spans of the ``with policy:`` blocks open in this context, innermost first:
+(span, its channel, the entry below); with no SDK set, always ``None``."""
 
 
 class _Stateful(Protocol):
@@ -95,9 +105,40 @@ class Telemetry:
             return _NO_SPAN
         return self.observer.span()
 
+    def open_block(self) -> None:
+        """Open the call's span for a ``with policy:`` block, whose ``__enter__`` and
+        ``__exit__`` are separate calls: :meth:`close_block` ends it. Enter and exit
+        of one block run in one context (a thread, or an asyncio task), so the span
+        is kept in a context variable until then. Call it only while ``OTEL.on``."""
+        span = self.observer.span()
+        span.__enter__()
+        OPEN_BLOCKS.set((span, self, OPEN_BLOCKS.get()))
+
+    def close_block(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """End the span :meth:`open_block` opened last in this context, if it is this
+        channel's (a block entered before an SDK was set has none).
+
+        Drivers call it only while ``OTEL.on`` (one attribute read; the context
+        variable costs more): a block still open when the adapter is turned off
+        (``configure(enabled=False)``) keeps its span unended.
+        """
+        entry = OPEN_BLOCKS.get()
+        if entry is None or entry[1] is not self:
+            return
+        span, _, below = entry
+        OPEN_BLOCKS.set(below)
+        span.__exit__(exc_type, error, traceback)
+
     def attempt(self, number: int) -> AbstractContextManager[None]:
         """A child span for retry attempt ``number`` (2 and up), if tracing is on."""
-        return attempt_span(self.name, number)
+        if not (OTEL.on and OTEL.tracing):
+            return _NO_SPAN
+        return self.observer.attempt(number)
 
     def track_state(self, policy: _Stateful) -> None:
         """Report ``policy.state`` through the ``resilience.circuit_breaker.state`` gauge

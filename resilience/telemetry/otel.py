@@ -5,8 +5,9 @@ callable is built in two copies from one body, and the public copy starts with
 a test of :data:`OTEL` written inline (one attribute read), so with no SDK the
 whole cost is that test. With an SDK the call goes through
 :meth:`CallObserver.call_sync` / :meth:`CallObserver.call_async`, which open the
-span, time the call and count its outcome around the unobserved copy; block
-forms (``with breaker:``) get the same through :meth:`CallObserver.span`.
+span, time the call and count its outcome around the unobserved copy; with-blocks
+(``with breaker:``) get the same through :meth:`CallObserver.span`, and a
+retry's block form (``for attempt in retry:``) through :meth:`CallObserver.block`.
 Events reach this adapter as a subscriber of the hub (span events on the
 current span, and metrics), wanted only while an SDK is set.
 
@@ -24,8 +25,9 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics_api
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -54,16 +56,15 @@ from .redaction import get_redactor, key_label
 
 __all__ = [
     "EVENT_METRICS",
+    "OTEL",
+    "BlockSpan",
     "CallObserver",
+    "configure",
     "observe_async",
     "observe_sync",
-    "attempt_span",
-    "configure",
-    "OTEL",
     "otel_configured",
     "otel_trace",
     "refresh",
-    "track_breaker",
 ]
 
 P = ParamSpec("P")
@@ -199,27 +200,6 @@ def configure(
 
 
 # -- instruments, rebuilt whenever the global providers change ---------------------------
-
-
-class _StatefulPolicy(Protocol):
-    name: str
-
-    @property
-    def state(self) -> Any: ...
-
-
-def track_breaker(breaker: _StatefulPolicy) -> None:
-    """Report ``breaker.state`` through the ``resilience.circuit_breaker.state`` gauge.
-
-    Kept for policy code not yet on :meth:`Telemetry.track_state
-    <resilience.telemetry.Telemetry.track_state>`, which this calls.
-    """
-    from .channel import Telemetry
-
-    telemetry = getattr(breaker, "telemetry", None)
-    if not isinstance(telemetry, Telemetry):
-        telemetry = Telemetry("circuit_breaker", breaker.name)
-    telemetry.track_state(breaker)
 
 
 def _observe_breaker_states(options: Any) -> Iterator[Any]:
@@ -425,11 +405,35 @@ class CallObserver:
         return attributes
 
     def span(self) -> AbstractContextManager[None]:
-        """The span and call metrics around one call, for block forms (``with breaker:``):
+        """The span and call metrics around one call, for with-blocks (``with breaker:``):
         the same as :meth:`call_sync` records. Nothing unless an SDK is set."""
         if not OTEL.on:
             return _NO_SPAN
         return _CallSpan(self)
+
+    def block(self) -> BlockSpan:
+        """The span and call metrics of a retry's block form, started now (see
+        :class:`BlockSpan`)."""
+        return BlockSpan(self)
+
+    @contextmanager
+    def attempt(self, number: int) -> Iterator[None]:
+        """A child span of the current span for retry attempt ``number`` (2 and up)."""
+        with _PROVIDERS.tracer().start_as_current_span(
+            f"{self._span_name} attempt",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "resilience.policy.name": self._attributes["resilience.policy.name"],
+                "resilience.retry.attempt": number,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield
+            except BaseException as error:
+                _record_error(span, error)
+                raise
 
     def call_sync(self, raw: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         if not _SETTINGS.enabled:
@@ -501,14 +505,83 @@ class _CallSpan:
             self._observer._finish(self._started, outcome, error_type)
 
 
-def observe_sync(unobserved: Callable[P, R], observer: CallObserver | None) -> Callable[P, R]:
-    """``unobserved`` reporting to OpenTelemetry through ``observer`` (if any).
+class BlockSpan:
+    """The call span of a retry's block form (``for attempt in retry:``), and its metrics.
+
+    The block form runs in pieces: the iterator's steps (judging a failure,
+    sleeping, starting the next attempt) and each attempt's ``with attempt:``
+    block, all in the caller's context. The span is started once and never left
+    current across a ``yield``: each piece makes it current for its own
+    duration (:meth:`attach`/:meth:`detach`, :meth:`enter_attempt`/
+    :meth:`exit_attempt`), so an iterator closed early, possibly in another
+    context (an async generator is closed by the event loop, in a task of its
+    own), only has to :meth:`end` it: there is nothing to detach.
+    """
+
+    __slots__ = ("_observer", "_span", "_started", "escaped")
+
+    def __init__(self, observer: CallObserver) -> None:
+        self._observer = observer
+        self._started = time.perf_counter()
+        self._span: Any = _PROVIDERS.tracer().start_span(
+            observer._span_name,
+            kind=SpanKind.INTERNAL,
+            attributes=observer._attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        self.escaped: BaseException | None = None
+        """What escaped an attempt's block (``KeyboardInterrupt``, a cancellation)."""
+
+    def attach(self) -> object:
+        """Make the span current in this context; returns the token :meth:`detach` takes."""
+        return otel_context.attach(otel_trace.set_span_in_context(self._span))
+
+    @staticmethod
+    def detach(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+    def enter_attempt(self, number: int) -> tuple[object, AbstractContextManager[None] | None]:
+        """Around one attempt's block: the span current, and a child span from attempt 2."""
+        token = self.attach()
+        child = self._observer.attempt(number) if number > 1 and OTEL.tracing else None
+        if child is not None:
+            child.__enter__()
+        return token, child
+
+    def exit_attempt(
+        self,
+        entered: tuple[object, AbstractContextManager[None] | None],
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        token, child = entered
+        try:
+            if child is not None:
+                child.__exit__(exc_type, error, traceback)
+        finally:
+            self.detach(token)
+        if error is not None and not isinstance(error, Exception):
+            self.escaped = error  # the loop will be closed: this is how the call ended
+
+    def end(self, error: BaseException | None) -> None:
+        """End the span with the call's outcome: ``error`` if it failed."""
+        outcome, error_type = "success", None
+        try:
+            if error is not None:
+                outcome, error_type = self._observer._failed(self._span, error)
+        finally:
+            self._span.end()
+            self._observer._finish(self._started, outcome, error_type)
+
+
+def observe_sync(unobserved: Callable[P, R], observer: CallObserver) -> Callable[P, R]:
+    """``unobserved`` reporting each call through ``observer`` while an SDK is set.
 
     One extra frame per call: fine for policies whose own cost dwarfs it. The
     hottest policies (retry, breaker, rate limiter) inline the test instead.
     """
-    if observer is None:
-        return unobserved
 
     def observed(*args: P.args, **kwargs: P.kwargs) -> R:
         if OTEL.on:
@@ -519,11 +592,9 @@ def observe_sync(unobserved: Callable[P, R], observer: CallObserver | None) -> C
 
 
 def observe_async(
-    unobserved: Callable[P, Coroutine[Any, Any, R]], observer: CallObserver | None
+    unobserved: Callable[P, Coroutine[Any, Any, R]], observer: CallObserver
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """:func:`observe_sync` for coroutine functions."""
-    if observer is None:
-        return unobserved
 
     async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
         if OTEL.on:
@@ -533,31 +604,7 @@ def observe_async(
     return observed
 
 
-@contextmanager
-def _attempt_span(policy: str, attempt: int) -> Iterator[None]:
-    tracer = _PROVIDERS.tracer()
-    with tracer.start_as_current_span(
-        f"retry {policy} attempt",
-        kind=SpanKind.INTERNAL,
-        attributes={"resilience.policy.name": policy, "resilience.retry.attempt": attempt},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        try:
-            yield
-        except BaseException as error:
-            _record_error(span, error)
-            raise
-
-
 _NO_SPAN = nullcontext()
-
-
-def attempt_span(policy: str, attempt: int) -> AbstractContextManager[None]:
-    """A child span for retry attempt ``attempt`` (2 and up), if tracing is on."""
-    if not OTEL.tracing or not _SETTINGS.enabled:
-        return _NO_SPAN
-    return _attempt_span(policy, attempt)
 
 
 # -- events: span events on the current span, and metrics --------------------------------
