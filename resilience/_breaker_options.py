@@ -23,6 +23,7 @@ from ._core.breaker import (
 )
 from ._validation import FiniteNumber, FinitePositiveDuration, Integer, OptionsModel
 from .classify import ErrorClass, checked_classifier, normalize_error_selector
+from .clock import SYSTEM_CLOCK, Clock
 from .storage.breakers import BreakerStore
 
 __all__ = [
@@ -128,6 +129,11 @@ class BreakerRules(OptionsModel):
         return normalize_error_selector(value)
 
     _check_classifier = field_validator("classifier", check_fields=False)(checked_classifier)
+
+    @field_validator("clock", check_fields=False)
+    @classmethod
+    def _default_clock(cls, value: Clock | None) -> Clock:
+        return SYSTEM_CLOCK if value is None else value
 
     @field_validator("store", check_fields=False)
     @classmethod

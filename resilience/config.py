@@ -59,6 +59,7 @@ __all__ = [
     "http_pipeline",
     "load_toml",
     "merge",
+    "policy_options",
 ]
 
 # -- policy kinds ------------------------------------------------------------------------
@@ -125,11 +126,13 @@ class PolicyKind:
             ) from error
         return getattr(module, self.policy), getattr(module, self.options)
 
+    def validate(self, values: Mapping[str, Any], owner: str) -> BaseModel:
+        """The validated options model, before any policy (or store) is built from it."""
+        _, model = self.load()
+        return build_options(model, owner, **self.prepare(dict(values), owner))
+
     def build(self, values: Mapping[str, Any], owner: str) -> Policy:
-        policy_type, model = self.load()
-        prepared = self.prepare(dict(values), owner)
-        options = build_options(model, owner, **prepared)
-        return policy_type.from_options(options)
+        return self.load()[0].from_options(self.validate(values, owner))
 
 
 def _kind(name: str, module: str, policy: str, options: str, **extra: Any) -> PolicyKind:
@@ -199,11 +202,34 @@ def build_policy(
             "resilience",
             [("kind", f"must be one of {', '.join(POLICY_KINDS)}, got {kind!r}")],
         )
+    return spec.load()[0].from_options(
+        policy_options(kind, options, name=name, clock=clock, **more)
+    )
+
+
+def policy_options(
+    kind: str,
+    options: Mapping[str, Any] | float | None = None,
+    /,
+    *,
+    name: str | None = None,
+    clock: Clock | None = None,
+    **more: Any,
+) -> BaseModel:
+    """What :func:`build_policy` validates, without building the policy: the
+    ``kind``'s options model (so that two requests can be compared before either
+    makes a store of its own)."""
+    spec = POLICY_KINDS.get(kind)
+    if spec is None:
+        raise ConfigurationError(
+            "resilience",
+            [("kind", f"must be one of {', '.join(POLICY_KINDS)}, got {kind!r}")],
+        )
     values = _policy_values(spec, options, more)
     values.setdefault("name", kind if name is None else name)
     if clock is not None and _takes(spec, "clock"):
         values.setdefault("clock", clock)
-    return spec.build(values, f"{kind} {values.get('name', kind)!r}")
+    return spec.validate(values, f"{kind} {values.get('name', kind)!r}")
 
 
 def _policy_values(

@@ -219,10 +219,6 @@ class RateLimiter(_Acquiring):
         ``"fail_open"`` (grant), ``"local"`` (limit in this process until the store
         is back); see docs/storage.md.
         """
-        if store is None and (clock is None or isinstance(clock, Clock)):
-            # The default store is made here, so that the options carry it: a limiter
-            # rebuilt from them (from_options) shares its buckets.
-            store = MemoryBucketStore(clock)
         self._configure(options_from(RateLimiterOptions, f"RateLimiter {name!r}", locals()))
 
     def _configure(self, options: Any) -> None:
@@ -238,9 +234,12 @@ class RateLimiter(_Acquiring):
         self._acquired = itertools.count()
         self._rejected = itertools.count()
         self._waited = itertools.count()
-        store: BucketStore = (
-            MemoryBucketStore(options.clock) if options.store is None else options.store
-        )
+        store: BucketStore | None = options.store
+        if store is None:
+            # The default store is made here, once, and kept in the options, so that a
+            # limiter rebuilt from them (from_options) shares its buckets.
+            store = MemoryBucketStore(options.clock)
+            self.options = options.model_copy(update={"store": store})
         self._backend = store
         clock = options.clock
         self._take_one: Callable[[Key], bool] | None = None

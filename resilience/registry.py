@@ -30,6 +30,7 @@ from .config import (
     build_policy,
     env_overrides,
     load_toml,
+    policy_options,
 )
 from .errors import ConfigurationError
 from .pipeline import Pipeline
@@ -118,6 +119,8 @@ class Registry:
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._policies: dict[str, Policy] = {}
+        # The options each policy built by policy() was asked for, to compare requests.
+        self._requested: dict[str, BaseModel] = {}
         self._lock = threading.RLock()
         self.clock = clock
         """Given to every policy this registry builds that takes a clock."""
@@ -241,6 +244,7 @@ class Registry:
                     "registry", [(name, "name already registered (pass replace=True)")]
                 )
             self._policies[name] = policy
+            self._requested.pop(name, None)
         return policy
 
     def get_or_create(self, name: str, factory: Callable[[], T]) -> T:
@@ -260,15 +264,22 @@ class Registry:
         with self._lock:
             existing = self._policies.get(name)
             if existing is None:
-                return self.register(name, build_policy(kind, options, name=name, clock=self.clock))
+                requested = policy_options(kind, options, name=name, clock=self.clock)
+                policy = POLICY_KINDS[kind].load()[0].from_options(requested)
+                self.register(name, policy)
+                self._requested[name] = requested
+                return policy
         spec = POLICY_KINDS.get(kind)
         if spec is not None and not isinstance(existing, spec.load()[0]):
             raise ConfigurationError(
                 "registry", [(name, f"registered as a {type(existing).__name__}, not a {kind}")]
             )
         if options:
-            wanted = build_policy(kind, options, name=name, clock=self.clock)
-            if getattr(wanted, "options", None) != getattr(existing, "options", None):
+            # Compared as requested, before either request made what a policy adds
+            # (a rate limiter's own in-memory store is never equal to another's).
+            wanted = policy_options(kind, options, name=name, clock=self.clock)
+            had = self._requested.get(name, getattr(existing, "options", None))
+            if wanted != had:
                 raise ConfigurationError(
                     "registry", [(name, "already registered with different options")]
                 )

@@ -117,8 +117,19 @@ class RetryRulesModel(OptionsModel):
 
     @field_validator("backoff", check_fields=False)
     @classmethod
-    def _default_backoff(cls, value: Backoff | None) -> Backoff:
-        return Backoff.exponential(0.1, 10.0) if value is None else value
+    def _default_backoff(cls, value: Any) -> Backoff:
+        # The parameter is not validated by its type (a union would name its
+        # branches as fields, ``backoff.is-instance[Backoff]``): checked here.
+        if value is None:
+            return Backoff.exponential(0.1, 10.0)
+        if isinstance(value, Mapping):  # a model built directly from a document
+            try:
+                return Backoff.from_options(dict(value))
+            except ConfigurationError as error:
+                raise ValueError("; ".join(error.errors)) from None
+        if not isinstance(value, Backoff):
+            raise ValueError(f"expected a Backoff, got {type(value).__name__}")
+        return value
 
     @field_validator("clock", check_fields=False)
     @classmethod
@@ -266,7 +277,7 @@ class Retry(Policy):
         self,
         *,
         attempts: Count = 3,
-        backoff: Backoff | Mapping[str, Any] | None = None,
+        backoff: SkipValidation[Backoff | Mapping[str, Any] | None] = None,
         deadline: PositiveDuration | None = None,
         max_delay: PositiveDuration | None = None,
         retry_on: SkipValidation[RetryOn | None] = None,
@@ -581,9 +592,13 @@ class Retry(Policy):
             value = value.total_seconds()
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._refuse_argument(argument, f"must be a number of seconds, got {value!r}")
-        if not (0.0 <= value < math.inf):  # NaN too
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+        if not (0.0 <= seconds < math.inf):  # NaN too
             self._refuse_argument(argument, f"must be finite and >= 0 seconds, got {value!r}")
-        return float(value)
+        return seconds
 
     def _refuse_argument(self, argument: str, message: str) -> None:
         raise ConfigurationError(f"Retry {self.name!r} decide()", [(argument, message)])
