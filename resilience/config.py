@@ -39,12 +39,12 @@ from pydantic import BaseModel
 from ._documents import ENV_PREFIX, load_toml, merge
 from ._documents import env_overrides as _env_overrides
 from ._policy import Policy
+from ._retry_options import coerce_backoff
 from ._rules import ConfigurationWarning, check_pipeline
 from ._validation import build_options
 from .clock import Clock
 from .errors import ConfigurationError
 from .pipeline import Pipeline
-from .retry import _coerce_backoff
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -89,11 +89,11 @@ def _prepare_retry(values: dict[str, Any], owner: str) -> dict[str, Any]:
     """Backoffs arrive from files as dicts with a ``kind``: build them, naming the field."""
     _check_selectors(values, owner)
     if "backoff" in values:
-        values["backoff"] = _coerce_backoff(values["backoff"], "backoff", owner)
+        values["backoff"] = coerce_backoff(values["backoff"], "backoff", owner)
     by_class = values.get("backoff_by_class")
     if isinstance(by_class, Mapping):
         values["backoff_by_class"] = {
-            key: _coerce_backoff(value, f"backoff_by_class.{key}", owner)
+            key: coerce_backoff(value, f"backoff_by_class.{key}", owner)
             for key, value in by_class.items()
         }
     return values

@@ -9,7 +9,11 @@ Three layers, each in its own module:
   ``call``/``acall`` and the block form;
 * this facade: the public :class:`Retry` (options, statistics, hooks, events),
   the per-call bookkeeping the drivers share, and :meth:`Retry.decide`, the
-  decision for callers that run the attempts themselves (job queues).
+  decision for callers that run the attempts themselves (job queues); beside
+  it, :mod:`resilience._retry_options` (the rules its signature cannot say, and
+  its keywords for type checkers), :mod:`resilience._retry_values` (what hooks
+  are told, what ``decide`` answers, the statistics) and
+  :mod:`resilience._retry_attempt` (the block form's attempt).
 
 The per-call path is built for speed: the decorator returns one closure that, on
 success, does nothing but call the function and tick an atomic counter. All
@@ -27,11 +31,9 @@ import itertools
 import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
-from pydantic import SkipValidation, field_validator
+from pydantic import SkipValidation
 
 from ._async import retry as _async_driver
 from ._core.retry import (
@@ -46,12 +48,14 @@ from ._core.retry import (
 from ._counters import counter_value
 from ._deadline import DEADLINE, RawDeadline, tighter
 from ._policy import Policy
+from ._retry_attempt import Attempt
+from ._retry_options import RetryKeywords, RetryOn, RetryRulesModel, coerce_backoff
+from ._retry_values import SUCCESS, RetryDecision, RetryInfo, RetryStatistics
 from ._sync import retry as _sync_driver
 from ._testing_mode import TESTING_MODE
 from ._validation import (
     MAX_NAME_LENGTH,
     Count,
-    OptionsModel,
     PolicyName,
     PositiveDuration,
     options_from,
@@ -61,16 +65,14 @@ from .backoff import Backoff
 from .classify import (
     ClassifierLike,
     ErrorClass,
-    checked_classifier,
     error_filter,
     make_classifier,
-    normalize_error_selector,
 )
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import Clock
 from .errors import ConfigurationError
 from .telemetry.channel import Telemetry
 from .telemetry.events import AttemptStarted, GaveUp, RetryScheduled
-from .telemetry.otel import BlockSpan, CallObserver
+from .telemetry.otel import CallObserver
 
 __all__ = [
     "DEFAULT_RETRY_AFTER_CEILING",
@@ -79,6 +81,7 @@ __all__ = [
     "Retry",
     "RetryDecision",
     "RetryInfo",
+    "RetryKeywords",
     "RetryOptions",
     "RetryStatistics",
     "with_retry",
@@ -86,120 +89,6 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _coerce_backoff(value: Any, field: str, owner: str) -> Any:
-    """Build a Backoff from a dict (as configuration files give it), naming ``field``."""
-    if not isinstance(value, Mapping):
-        return value
-    try:
-        return Backoff.from_options(dict(value))
-    except ConfigurationError as error:
-        nested = [
-            (f"{field}.{name}", message.partition(": ")[2])
-            for name, message in zip(error.fields, error.errors, strict=True)
-        ]
-        raise ConfigurationError(owner, nested) from error
-
-
-RetryOn = Iterable[ErrorClass | str | type[BaseException]] | Callable[[BaseException], bool]
-
-
-class RetryRulesModel(OptionsModel):
-    """What :class:`Retry`'s signature cannot say; ``RetryOptions`` derives from it."""
-
-    @field_validator("retry_on", check_fields=False)
-    @classmethod
-    def _check_retry_on(cls, value: Any) -> Any:
-        return normalize_error_selector(value)
-
-    _check_classifier = field_validator("classifier", check_fields=False)(checked_classifier)
-
-    @field_validator("backoff", check_fields=False)
-    @classmethod
-    def _default_backoff(cls, value: Any) -> Backoff:
-        # The parameter is not validated by its type (a union would name its
-        # branches as fields, ``backoff.is-instance[Backoff]``): checked here.
-        if value is None:
-            return Backoff.exponential(0.1, 10.0)
-        if isinstance(value, Mapping):  # a model built directly from a document
-            try:
-                return Backoff.from_options(dict(value))
-            except ConfigurationError as error:
-                raise ValueError("; ".join(error.errors)) from None
-        if not isinstance(value, Backoff):
-            raise ValueError(f"expected a Backoff, got {type(value).__name__}")
-        return value
-
-    @field_validator("clock", check_fields=False)
-    @classmethod
-    def _default_clock(cls, value: Clock | None) -> Clock:
-        return SYSTEM_CLOCK if value is None else value
-
-    @field_validator("backoff_by_class", check_fields=False)
-    @classmethod
-    def _check_backoff_by_class(cls, value: Any) -> dict[ErrorClass, Backoff]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"must be a mapping of error class to Backoff, got {value!r}")
-        checked: dict[ErrorClass, Backoff] = {}
-        for key, backoff in value.items():
-            try:
-                error_class = ErrorClass(key)
-            except ValueError:
-                raise ValueError(f"{key!r} is not an error class") from None
-            if not isinstance(backoff, Backoff):
-                raise ValueError(f"{key}: expected a Backoff, got {type(backoff).__name__}")
-            checked[error_class] = backoff
-        return checked
-
-
-@dataclass(frozen=True, slots=True)
-class RetryInfo:
-    """What a hook is told about a failed attempt (``on_retry``) or a give-up."""
-
-    name: str
-    attempt: int
-    """Number of the attempt that just failed (1-based)."""
-    delay: float | None
-    """Seconds until the next attempt; ``None`` when giving up."""
-    exception: BaseException | None
-    result: Any
-    error_class: ErrorClass | None
-    elapsed: float
-    reason: GiveUpReason | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RetryDecision:
-    """What :meth:`Retry.decide` says after an attempt: retry (after ``delay``) or not."""
-
-    retry: bool
-    """Whether to make another attempt."""
-    delay: float | None
-    """Seconds to wait before it when retrying; ``None`` otherwise."""
-    error_class: ErrorClass | None
-    """The failure's class; ``None`` for a result (judged bad, or a success)."""
-    reason: GiveUpReason | None
-    """Why a failure is not retried; ``None`` when retrying, and on success."""
-
-
-_SUCCESS = RetryDecision(retry=False, delay=None, error_class=None, reason=None)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryStatistics:
-    """Counts kept by one :class:`Retry` object over all its calls.
-
-    A call is counted once its first attempt has ended.
-    """
-
-    calls: int
-    attempts: int
-    retries: int
-    successes: int
-    give_ups: int
 
 
 class _Call:
@@ -220,27 +109,6 @@ class _Call:
         self.previous_delay = previous_delay
         self.error_class: ErrorClass | None = None
         self.max_attempts = max_attempts
-
-
-class RetryKeywords(TypedDict, total=False):
-    """The keywords of :class:`Retry`, for type checkers: what ``with_retry(...)`` and
-    the presets (``Retry.default(...)``) accept. tests/test_options.py holds them
-    equal to ``Retry.__init__``'s, name for name and type for type."""
-
-    attempts: int
-    backoff: Backoff | Mapping[str, Any] | None
-    deadline: float | datetime.timedelta | None
-    max_delay: float | datetime.timedelta | None
-    retry_on: RetryOn | None
-    backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None
-    respect_retry_after: bool
-    retry_if_result: Callable[[Any], bool] | None
-    classifier: ClassifierLike | Iterable[ClassifierLike]
-    on_retry: Callable[[RetryInfo], object] | None
-    on_give_up: Callable[[RetryInfo], object] | None
-    name: str
-    clock: Clock | None
-    rng: random.Random | None
 
 
 class Retry(Policy):
@@ -298,10 +166,10 @@ class Retry(Policy):
         # A backoff may come as a mapping (from a document): built here, so that an
         # error inside it names the nested field (``backoff.base``).
         if backoff is not None:
-            backoff = _coerce_backoff(backoff, "backoff", owner)
+            backoff = coerce_backoff(backoff, "backoff", owner)
         if backoff_by_class is not None and isinstance(backoff_by_class, Mapping):
             backoff_by_class = {
-                key: _coerce_backoff(value, f"backoff_by_class.{key}", owner)
+                key: coerce_backoff(value, f"backoff_by_class.{key}", owner)
                 for key, value in backoff_by_class.items()
             }
         self._configure(options_from(RetryOptions, owner, locals()))
@@ -572,7 +440,7 @@ class Retry(Policy):
             check = self._retry_if_result
             if result is NO_RESULT or check is None or not check(result):
                 next(self._fast_successes if attempt == 1 else self._slow_successes)
-                return _SUCCESS
+                return SUCCESS
         if attempt == 1:
             next(self._slow_calls)
         call = _Call(math.nan, self._attempts, attempt, previous)  # decide reads no clock
@@ -633,71 +501,6 @@ class Retry(Policy):
 
 
 RetryOptions = options_model(Retry.__init__, "RetryOptions", RetryRulesModel)
-
-
-class Attempt:
-    """One attempt of the block form; use it as a (sync or async) context manager.
-
-    An exception raised in the block is caught and handed to the retry loop,
-    which either retries or re-raises it unchanged. ``set_result`` hands a value
-    to ``retry_if_result``.
-    """
-
-    __slots__ = ("_block", "_entered", "_exception", "_result", "number")
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self._exception: BaseException | None = None
-        self._result: Any = NO_RESULT
-        # The call's span while an SDK is set (the iterator sets it), and what
-        # entering it returned.
-        self._block: BlockSpan | None = None
-        self._entered: Any = None
-
-    def set_result(self, value: Any) -> None:
-        """Record the attempt's result, for ``retry_if_result`` to judge."""
-        self._result = value
-
-    def _succeeded(self, check: Callable[[Any], bool] | None) -> bool:
-        if self._exception is not None:
-            return False
-        return check is None or self._result is NO_RESULT or not check(self._result)
-
-    def __enter__(self) -> Attempt:
-        block = self._block
-        if block is not None:
-            self._entered = block.enter_attempt(self.number)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        block = self._block
-        if block is not None:
-            block.exit_attempt(self._entered, exc_type, exc, tb)
-        # Only Exception subclasses are retried: KeyboardInterrupt, SystemExit,
-        # GeneratorExit and CancelledError always propagate.
-        if isinstance(exc, Exception):
-            self._exception = exc
-            return True
-        return False
-
-    async def __aenter__(self) -> Attempt:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        return self.__exit__(exc_type, exc, tb)
-
-    def __repr__(self) -> str:
-        return f"<Attempt {self.number}>"
 
 
 @overload

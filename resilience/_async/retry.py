@@ -26,14 +26,14 @@ from collections.abc import (  # unasync: async only
 )  # unasync: async only
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .. import retry as facade
 from .._core.retry import NO_RESULT
 from .._deadline import DEADLINE, tighter
+from .._retry_attempt import Attempt
 from .._testing_mode import TESTING_MODE
 from ..telemetry.otel import OTEL, CallObserver
 
 if TYPE_CHECKING:
-    from ..retry import Attempt, Retry
+    from ..retry import Retry
 
 __all__ = ["acall", "attempts", "iterate_attempts", "observed_attempts", "retry_rest", "wrap_async"]
 
@@ -225,7 +225,7 @@ async def iterate_attempts(policy: Retry) -> AsyncGenerator[Attempt, None]:  # u
     now = policy._clock.now
     check = policy._retry_if_result
     start = now()
-    attempt = facade.Attempt(1)
+    attempt = Attempt(1)
     yield attempt
     if attempt._succeeded(check):
         next(policy._fast_successes)
@@ -241,7 +241,7 @@ async def iterate_attempts(policy: Retry) -> AsyncGenerator[Attempt, None]:  # u
         if delay > 0 and not TESTING_MODE.active:
             await policy._clock.asleep(delay)
         policy._begin_attempt(call)
-        attempt = facade.Attempt(call.attempts)
+        attempt = Attempt(call.attempts)
         yield attempt
         if attempt._succeeded(check):
             next(policy._slow_successes)
