@@ -146,7 +146,7 @@ async def retry_rest(
 async def acall(
     policy: Retry, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
 ) -> R:
-    """Call and await ``fn(*args, **kwargs)``, retrying as configured."""
+    """Call ``fn(*args, **kwargs)`` (awaiting it, in async code), retrying as configured."""
     if OTEL.on:
         # The decorator's span, through the closure it builds: wrapping per call
         # costs little next to a span, and nothing without an SDK.

@@ -8,7 +8,7 @@ with-blocks built on them. The state they work on, and every decision that
 needs no store, is the breaker's replica (:mod:`resilience._breaker_replica`).
 
 The closed-state success path is one closure that reads a flag, calls the
-function, and ticks an atomic counter: no store call, no lock, no of ours.
+function, and ticks an atomic counter: no store call, no lock, nothing of ours awaited.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def retry_rest(
 
 
 def call(policy: Retry, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Call and ``fn(*args, **kwargs)``, retrying as configured."""
+    """Call ``fn(*args, **kwargs)`` (awaiting it, in async code), retrying as configured."""
     if OTEL.on:
         # The decorator's span, through the closure it builds: wrapping per call
         # costs little next to a span, and nothing without an SDK.
