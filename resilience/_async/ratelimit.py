@@ -9,6 +9,8 @@ the OpenTelemetry test is one attribute read (``OTEL.on``).
 
 from __future__ import annotations
 
+import asyncio  # unasync: async only
+import contextlib
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from .._deadline import remaining_time
@@ -101,7 +103,13 @@ async def _asleep_or_refund(
     try:
         await clock.asleep(decision.wait)
     except BaseException:
-        await store.abucket_refund(requests, decision.reserved)
+        # The refund must neither hide why the wait ended (a store that is down
+        # raises StoreUnavailable) nor be cut short by a second cancellation: the
+        # tokens would be lost to everyone sharing the bucket.
+        refund = store.abucket_refund  # unasync: async only
+        with contextlib.suppress(Exception):
+            await asyncio.shield(refund(requests, decision.reserved))  # unasync: async only
+            # unasync: sync store.bucket_refund(requests, decision.reserved)
         raise
 
 

@@ -10,6 +10,7 @@ the OpenTelemetry test is one attribute read (``OTEL.on``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from .._deadline import remaining_time
@@ -98,7 +99,11 @@ def _sleep_or_refund(
     try:
         clock.sleep(decision.wait)
     except BaseException:
-        store.bucket_refund(requests, decision.reserved)
+        # The refund must neither hide why the wait ended (a store that is down
+        # raises StoreUnavailable) nor be cut short by a second cancellation: the
+        # tokens would be lost to everyone sharing the bucket.
+        with contextlib.suppress(Exception):
+            store.bucket_refund(requests, decision.reserved)
         raise
 
 
