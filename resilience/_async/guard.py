@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .._core.bucket import Decision
     from .._core.circuit import CircuitSnapshot, Transition
     from ..storage._guard import BreakerGuardState, BucketGuardState
+    from ..storage._guard import _Outage as Outage
     from ..storage.buckets import BucketRequest
 else:
     # At run time the state comes from the guard class these calls are mixed into.
@@ -30,25 +31,30 @@ __all__ = ["BreakerGuardCalls", "BucketGuardCalls"]
 R = TypeVar("R")
 
 
+async def _through_outage(outage: Outage, call: Callable[[], Awaitable[R]]) -> R | StoreUnavailable:
+    """``call()``'s result, or the outage that stops it (already under way, or
+    raised now); keeps ``outage`` up to date either way."""
+    error = outage.backing_off()
+    if error is not None:
+        return error
+    try:
+        result = await call()
+    except StoreUnavailable as failure:
+        outage.failed(failure)
+        return failure
+    if outage.error is not None:
+        outage.recovered()
+    return result
+
+
 class BucketGuardCalls(BucketGuardState):
     """The :class:`~resilience.storage.buckets.BucketStore` calls of a guard."""
 
     async def _acall(
         self, call: Callable[[], Awaitable[R]], fallback: Callable[[StoreUnavailable], R]
     ) -> R:
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                result = await call()
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        return fallback(error)
+        result = await _through_outage(self.outage, call)
+        return fallback(result) if isinstance(result, StoreUnavailable) else result
 
     async def abucket_take(
         self, requests: Sequence[BucketRequest], max_wait: float = 0.0
@@ -95,21 +101,16 @@ class BreakerGuardCalls(BreakerGuardState):
         local: Callable[[], R],
     ) -> R:
         """``remote(offset)`` on the store, or the mode's answer (``local()`` in local mode)."""
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                if self.local is not None:  # back after a local period: sync versions first
-                    self._come_back(await self.store.abreaker_load(name, now))
-                result = await remote(self.offset)
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        return self._instead(name, now, local, error)
+
+        async def call() -> R:
+            if self.local is not None:  # back after a local period: sync versions first
+                self._come_back(await self.store.abreaker_load(name, now))
+            return await remote(self.offset)
+
+        result = await _through_outage(self.outage, call)
+        if isinstance(result, StoreUnavailable):
+            return self._instead(name, now, local, result)
+        return result
 
     async def abreaker_load(self, name: str, now: float) -> CircuitSnapshot:
         async def remote(offset: int) -> CircuitSnapshot:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .._core.bucket import Decision
     from .._core.circuit import CircuitSnapshot, Transition
     from ..storage._guard import BreakerGuardState, BucketGuardState
+    from ..storage._guard import _Outage as Outage
     from ..storage.buckets import BucketRequest
 else:
     # At run time the state comes from the guard class these calls are mixed into.
@@ -29,23 +30,28 @@ __all__ = ["BreakerGuardCalls", "BucketGuardCalls"]
 R = TypeVar("R")
 
 
+def _through_outage(outage: Outage, call: Callable[[], R]) -> R | StoreUnavailable:
+    """``call()``'s result, or the outage that stops it (already under way, or
+    raised now); keeps ``outage`` up to date either way."""
+    error = outage.backing_off()
+    if error is not None:
+        return error
+    try:
+        result = call()
+    except StoreUnavailable as failure:
+        outage.failed(failure)
+        return failure
+    if outage.error is not None:
+        outage.recovered()
+    return result
+
+
 class BucketGuardCalls(BucketGuardState):
     """The :class:`~resilience.storage.buckets.BucketStore` calls of a guard."""
 
     def _call(self, call: Callable[[], R], fallback: Callable[[StoreUnavailable], R]) -> R:
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                result = call()
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        return fallback(error)
+        result = _through_outage(self.outage, call)
+        return fallback(result) if isinstance(result, StoreUnavailable) else result
 
     def bucket_take(self, requests: Sequence[BucketRequest], max_wait: float = 0.0) -> Decision:
         return self._call(
@@ -90,21 +96,16 @@ class BreakerGuardCalls(BreakerGuardState):
         local: Callable[[], R],
     ) -> R:
         """``remote(offset)`` on the store, or the mode's answer (``local()`` in local mode)."""
-        outage = self.outage
-        error = outage.backing_off()
-        if error is None:
-            try:
-                if self.local is not None:  # back after a local period: sync versions first
-                    self._come_back(self.store.breaker_load(name, now))
-                result = remote(self.offset)
-            except StoreUnavailable as failure:
-                outage.failed(failure)
-                error = failure
-            else:
-                if outage.error is not None:
-                    outage.recovered()
-                return result
-        return self._instead(name, now, local, error)
+
+        def call() -> R:
+            if self.local is not None:  # back after a local period: sync versions first
+                self._come_back(self.store.breaker_load(name, now))
+            return remote(self.offset)
+
+        result = _through_outage(self.outage, call)
+        if isinstance(result, StoreUnavailable):
+            return self._instead(name, now, local, result)
+        return result
 
     def breaker_load(self, name: str, now: float) -> CircuitSnapshot:
         def remote(offset: int) -> CircuitSnapshot:
