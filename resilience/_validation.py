@@ -54,7 +54,6 @@ __all__ = [
     "FinitePositiveDuration",
     "PositiveDuration",
     "FiniteNumber",
-    "FinitePositiveSeconds",
     "FiniteSeconds",
     "Integer",
     "NonNegativeCount",
@@ -62,7 +61,6 @@ __all__ = [
     "OptionsModel",
     "PolicyName",
     "PositiveNumber",
-    "PositiveSeconds",
     "Seconds",
     "build_options",
     "clamp_seconds",
@@ -211,12 +209,8 @@ def _finite_seconds(value: float) -> float:
 #: A duration in seconds (a number or ``timedelta``), ``>= 0``, not NaN, at most
 #: :data:`MAX_DURATION`; may be ``inf`` (where a field gives that a meaning).
 Seconds = Annotated[float, BeforeValidator(_seconds), AfterValidator(_duration)]
-#: A duration in seconds that must be strictly positive.
-PositiveSeconds = Annotated[Seconds, AfterValidator(_positive_seconds)]
 #: A duration in seconds that must be finite.
 FiniteSeconds = Annotated[Seconds, AfterValidator(_finite_seconds)]
-#: A duration in seconds that must be finite and strictly positive.
-FinitePositiveSeconds = Annotated[PositiveSeconds, AfterValidator(_finite_seconds)]
 
 
 # The same durations as a constructor's parameters declare them: the type a
@@ -337,8 +331,11 @@ def build_options(model: type[M], owner: str, /, **values: Any) -> M:
             loc = tuple(item["loc"])
             cause = item.get("ctx", {}).get("error")
             if isinstance(cause, DerivedError):
+                # Name the fields the caller gave: a default they never wrote is no
+                # place to look (unless only defaults are involved).
+                given = [field for field in cause.fields if loc or field in values]
                 problems.extend(
-                    (_field_name((*loc, field)), cause.message) for field in cause.fields
+                    (_field_name((*loc, field)), cause.message) for field in given or cause.fields
                 )
             else:
                 problems.append((_field_name(loc), item["msg"].removeprefix("Value error, ")))
