@@ -68,20 +68,31 @@ __all__ = [
     "JobState",
     "QueueState",
     "QueueStats",
+    "check_claim",
+    "check_new",
     "claim",
+    "claim_order",
     "complete",
+    "completed",
     "dead_letters",
     "defer",
+    "deferred",
     "enqueue",
     "fail",
+    "failed",
     "get",
     "heartbeat",
     "holds_lease",
     "is_due",
+    "lapsed",
+    "lapsed_dead",
     "progress",
     "purge",
+    "renewed",
     "replay",
+    "replayed",
     "stats",
+    "taken",
 ]
 
 JobState = Literal["pending", "running", "done", "dead"]
@@ -127,6 +138,8 @@ class Job:
     batch: str | None = None
     reason: str | None = None
     """Why it is dead (``"attempts"``, the decision's reason); ``None`` unless dead."""
+    trace: str | None = None
+    """The W3C ``traceparent`` of the span that enqueued it (``None``: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +245,114 @@ def _put(state: QueueState, job: Job) -> QueueState:
     return replace(state, jobs=jobs)
 
 
+# -- one job's transitions (stores that keep rows apply these to each row) --------------------
+
+
+def taken(job: Job, worker: str, now: float, lease: float) -> Job:
+    """A due job leased to ``worker``: running, one more attempt started."""
+    return replace(
+        job, state="running", attempts=job.attempts + 1, lease_owner=worker, lease_until=now + lease
+    )
+
+
+def lapsed(job: Job) -> bool:
+    """Whether a due running job must be dead-lettered rather than run again."""
+    return job.state == "running" and _exhausted(job)
+
+
+def lapsed_dead(job: Job, now: float) -> Job:
+    """A lapsed job whose last attempt had started, dead-lettered."""
+    return replace(
+        job,
+        state="dead",
+        lease_owner=None,
+        lease_until=None,
+        last_error=LAPSED,
+        last_error_class=None,
+        finished_at=now,
+        reason="attempts",
+    )
+
+
+def renewed(job: Job, now: float, lease: float) -> Job:
+    """A held job's lease, renewed."""
+    return replace(job, lease_until=now + _lease(lease))
+
+
+def completed(job: Job, now: float) -> Job:
+    """A held job, done."""
+    return replace(job, state="done", lease_owner=None, lease_until=None, finished_at=now)
+
+
+def failed(
+    job: Job,
+    now: float,
+    *,
+    retry: bool,
+    delay: float | None,
+    error_class: str | None,
+    reason: str | None,
+    error: str | None,
+) -> Job:
+    """A held job after a failed attempt and the retry's decision."""
+    if retry:
+        if delay is None:
+            raise ValueError("delay must be a finite number >= 0 when retry is True, got None")
+        _delay(delay, "delay")
+    settled = replace(
+        job, lease_owner=None, lease_until=None, last_error=error, last_error_class=error_class
+    )
+    if retry and not _exhausted(job):
+        assert delay is not None
+        return replace(settled, state="pending", next_attempt_at=now + delay)
+    why = "attempts" if retry else (reason or "not_retryable")
+    return replace(settled, state="dead", finished_at=now, reason=why)
+
+
+def deferred(job: Job, now: float, until: float) -> Job:
+    """A held job a gate refused: pending at ``max(until, now)``, its attempt given back."""
+    _time(until, "until")
+    return replace(
+        job,
+        state="pending",
+        attempts=max(0, job.attempts - 1),
+        next_attempt_at=max(until, now),
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def replayed(job: Job, now: float) -> Job:
+    """A dead job, pending again at ``now`` with no attempts."""
+    return replace(
+        job, state="pending", attempts=0, next_attempt_at=now, finished_at=None, reason=None
+    )
+
+
+def claim_order(job: Job) -> tuple[int, float, int]:
+    """The order claims take due jobs in: priority, then due time, then id."""
+    return (job.priority, job.next_attempt_at, job.id)
+
+
+def check_new(*, priority: int, delay: float, max_attempts: int | None, now: float) -> None:
+    """Refuse a new job's invalid values (a ``ValueError`` naming the argument)."""
+    _time(now, "now")
+    _delay(delay, "delay")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an int, got {priority!r}")
+    if not 1 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be between 1 and {MAX_PRIORITY}, got {priority!r}")
+    if max_attempts is not None:
+        _count(max_attempts, "max_attempts")
+
+
+def check_claim(*, now: float, limit: int, lease: float) -> None:
+    """Refuse a claim's invalid values."""
+    _time(now, "now")
+    _count(limit, "limit")
+    _lease(lease)
+
+
 # -- the rules -------------------------------------------------------------------------------
 
 
@@ -247,19 +368,13 @@ def enqueue(
     max_attempts: int | None,
     batch: str | None,
     now: float,
+    trace: str | None = None,
 ) -> tuple[QueueState, int, bool]:
     """Add a job due at ``now + delay``: ``(state, job_id, created)``.
 
     With a key already held in ``queue``: ``(state, that job's id, False)``.
     """
-    _time(now, "now")
-    _delay(delay, "delay")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"priority must be an int, got {priority!r}")
-    if not 1 <= priority <= MAX_PRIORITY:
-        raise ValueError(f"priority must be between 1 and {MAX_PRIORITY}, got {priority!r}")
-    if max_attempts is not None:
-        _count(max_attempts, "max_attempts")
+    check_new(priority=priority, delay=delay, max_attempts=max_attempts, now=now)
     if key is not None and (queue, key) in state.keys:
         return state, state.keys[queue, key], False
     job_id = state.next_id
@@ -276,6 +391,7 @@ def enqueue(
         next_attempt_at=now + delay,
         created_at=now,
         batch=batch,
+        trace=trace,
     )
     jobs = dict(state.jobs)
     jobs[job_id] = job
@@ -293,39 +409,21 @@ def claim(
 
     Lapsed jobs whose last attempt had started are dead-lettered instead.
     """
-    _time(now, "now")
-    _count(limit, "limit")
-    _lease(lease)
+    check_claim(now=now, limit=limit, lease=lease)
     jobs = dict(state.jobs)
     due: list[Job] = []
     for job in state.jobs.values():
         if job.queue != queue or not is_due(job, now):
             continue
-        if job.state == "running" and _exhausted(job):
-            jobs[job.id] = replace(
-                job,
-                state="dead",
-                lease_owner=None,
-                lease_until=None,
-                last_error=LAPSED,
-                last_error_class=None,
-                finished_at=now,
-                reason="attempts",
-            )
+        if lapsed(job):
+            jobs[job.id] = lapsed_dead(job, now)
         else:
             due.append(job)
-    due.sort(key=lambda job: (job.priority, job.next_attempt_at, job.id))
+    due.sort(key=claim_order)
     claimed = []
     for job in due[:limit]:
-        taken = replace(
-            job,
-            state="running",
-            attempts=job.attempts + 1,
-            lease_owner=worker,
-            lease_until=now + lease,
-        )
-        jobs[job.id] = taken
-        claimed.append(taken)
+        jobs[job.id] = taken(job, worker, now, lease)
+        claimed.append(jobs[job.id])
     return replace(state, jobs=jobs), tuple(claimed)
 
 
@@ -343,7 +441,7 @@ def heartbeat(
     job = _held(state, job_id, worker, now)
     if job is None:
         return state, False
-    return _put(state, replace(job, lease_until=now + lease)), True
+    return _put(state, renewed(job, now, lease)), True
 
 
 def complete(state: QueueState, job_id: int, worker: str, now: float) -> tuple[QueueState, bool]:
@@ -351,8 +449,7 @@ def complete(state: QueueState, job_id: int, worker: str, now: float) -> tuple[Q
     job = _held(state, job_id, worker, now)
     if job is None:
         return state, False
-    done = replace(job, state="done", lease_owner=None, lease_until=None, finished_at=now)
-    return _put(state, done), True
+    return _put(state, completed(job, now)), True
 
 
 def fail(
@@ -378,15 +475,15 @@ def fail(
     job = _held(state, job_id, worker, now)
     if job is None:
         return state, False
-    settled = replace(
-        job, lease_owner=None, lease_until=None, last_error=error, last_error_class=error_class
+    settled = failed(
+        job,
+        now,
+        retry=retry,
+        delay=delay,
+        error_class=error_class,
+        reason=reason,
+        error=error,
     )
-    if retry and not _exhausted(job):
-        assert delay is not None
-        settled = replace(settled, state="pending", next_attempt_at=now + delay)
-    else:
-        why = "attempts" if retry else (reason or "not_retryable")
-        settled = replace(settled, state="dead", finished_at=now, reason=why)
     return _put(state, settled), True
 
 
@@ -399,15 +496,7 @@ def defer(
     job = _held(state, job_id, worker, now)
     if job is None:
         return state, False
-    pending = replace(
-        job,
-        state="pending",
-        attempts=max(0, job.attempts - 1),
-        next_attempt_at=max(until, now),
-        lease_owner=None,
-        lease_until=None,
-    )
-    return _put(state, pending), True
+    return _put(state, deferred(job, now, until)), True
 
 
 def replay(state: QueueState, job_id: int, now: float) -> tuple[QueueState, bool]:
@@ -416,10 +505,7 @@ def replay(state: QueueState, job_id: int, now: float) -> tuple[QueueState, bool
     job = state.jobs.get(job_id)
     if job is None or job.state != "dead":
         return state, False
-    pending = replace(
-        job, state="pending", attempts=0, next_attempt_at=now, finished_at=None, reason=None
-    )
-    return _put(state, pending), True
+    return _put(state, replayed(job, now)), True
 
 
 def purge(state: QueueState, *, queue: str, finished_before: float) -> tuple[QueueState, int]:

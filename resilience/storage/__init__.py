@@ -33,6 +33,7 @@ from .breakers import (
     Transition,
 )
 from .buckets import BucketRequest, BucketStore, FastTaker, MemoryBucketStore
+from .jobs import JobStore, MemoryJobStore
 from .leasing import LeasingBucketStore
 
 if TYPE_CHECKING:
@@ -44,9 +45,11 @@ __all__ = [
     "BucketRequest",
     "BucketStore",
     "CircuitSnapshot",
+    "JobStore",
     "LeasingBucketStore",
     "MemoryBreakerStore",
     "MemoryBucketStore",
+    "MemoryJobStore",
     "MemoryStore",
     "SQLiteStore",
     "store_from_url",
@@ -75,6 +78,7 @@ class MemoryStore:
     def __init__(self, clock: Clock | None = None) -> None:
         self.buckets = MemoryBucketStore(clock)
         self.breakers = MemoryBreakerStore()
+        self.jobs = MemoryJobStore(clock)  # job queues find it here (resilience.jobs)
         self.breaker_staleness: float = self.breakers.breaker_staleness
         self.probe_lease: float = self.breakers.probe_lease
 
