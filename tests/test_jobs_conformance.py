@@ -136,7 +136,13 @@ def test_odd_text_round_trips(store: Any, queue: str) -> None:
     payload = '{"text": "' + ("x" * 100_000) + '"}'
     job_id = one(store, odd, key=odd, batch=odd, payload=payload, handler=odd)
     job = store.job_get(odd, job_id)
-    assert (job.key, job.batch, job.handler, job.payload, job.queue) == (odd, odd, odd, payload, odd)
+    assert (job.key, job.batch, job.handler, job.payload, job.queue) == (
+        odd,
+        odd,
+        odd,
+        payload,
+        odd,
+    )
     assert store.job_enqueue(odd, [new(key=odd)]) == [(job_id, False)]
     assert odd in store.job_queues()
 
@@ -251,9 +257,7 @@ def test_complete(store: Any, queue: str, clock: FakeClock) -> None:
     assert not store.job_complete(queue, job_id, "w")  # once
 
 
-def test_a_retried_failure_is_due_after_its_delay(
-    store: Any, queue: str, clock: FakeClock
-) -> None:
+def test_a_retried_failure_is_due_after_its_delay(store: Any, queue: str, clock: FakeClock) -> None:
     job_id = one(store, queue, max_attempts=3)
     store.job_claim(queue, "w", 1, 30.0)
     assert fail(store, queue, job_id, delay=300.0, error="timeout", error_class="transient")
@@ -284,7 +288,13 @@ def test_a_permanent_error_dead_letters_with_its_reason(store: Any, queue: str) 
     job_id = one(store, queue)
     store.job_claim(queue, "w", 1, 30.0)
     assert fail(
-        store, queue, job_id, retry=False, delay=None, reason="not_retryable", error_class="permanent"
+        store,
+        queue,
+        job_id,
+        retry=False,
+        delay=None,
+        reason="not_retryable",
+        error_class="permanent",
     )
     job = store.job_get(queue, job_id)
     assert (job.state, job.reason, job.last_error_class) == ("dead", "not_retryable", "permanent")
@@ -314,7 +324,11 @@ def test_replay_and_replay_all(store: Any, queue: str, clock: FakeClock) -> None
     assert store.job_replay(queue, ids[0])
     assert not store.job_replay(queue, ids[0])  # not dead any more
     replayed = store.job_get(queue, ids[0])
-    assert (replayed.state, replayed.attempts, replayed.next_attempt_at) == ("pending", 0, FAR + 1.0)
+    assert (replayed.state, replayed.attempts, replayed.next_attempt_at) == (
+        "pending",
+        0,
+        FAR + 1.0,
+    )
     assert (replayed.last_error, replayed.reason, replayed.finished_at) == ("boom", None, None)
     assert store.job_replay_all(queue) == 2
     assert store.job_stats(queue).pending == 3
@@ -479,7 +493,12 @@ class QueueAgainstTheCore(RuleBasedStateMachine):
         batch=st.none() | st.just("B"),
     )
     def enqueue(
-        self, key: str | None, priority: int, delay: float, max_attempts: int | None, batch: str | None
+        self,
+        key: str | None,
+        priority: int,
+        delay: float,
+        max_attempts: int | None,
+        batch: str | None,
     ) -> None:
         [(store_id, created)] = self.store.job_enqueue(
             self.queue,

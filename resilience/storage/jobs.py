@@ -142,9 +142,7 @@ class JobStore(Protocol):
         """Renew ``worker``'s live leases: the ids it still holds."""
         ...
 
-    def job_complete(
-        self, queue: str, job_id: int, worker: str, *, connection: Any = None
-    ) -> bool:
+    def job_complete(self, queue: str, job_id: int, worker: str, *, connection: Any = None) -> bool:
         """The lease holder settles the job as done; ``False`` if it holds no live
         lease (with ``connection``: raise :class:`LeaseLost` instead)."""
         ...
@@ -403,9 +401,7 @@ class MemoryJobStore:
                     held.append(job_id)
             return held
 
-    def job_complete(
-        self, queue: str, job_id: int, worker: str, *, connection: Any = None
-    ) -> bool:
+    def job_complete(self, queue: str, job_id: int, worker: str, *, connection: Any = None) -> bool:
         if connection is not None:
             raise TypeError("the memory store has no transactions: connection= is not supported")
         with self._lock:

@@ -26,7 +26,7 @@ from ._hub import HUB
 from .events import Event
 from .otel import OTEL, CallObserver
 
-__all__ = ["OPEN_BLOCKS", "Telemetry", "tracked_states"]
+__all__ = ["OPEN_BLOCKS", "Telemetry", "track_queue", "tracked_queues", "tracked_states"]
 
 _NO_SPAN = nullcontext()
 
@@ -56,6 +56,36 @@ def tracked_states() -> list[tuple[Telemetry, str]]:
         (telemetry, getattr(policy.state, "value", str(policy.state)))
         for policy, telemetry in tracked
     ]
+
+
+class _Queue(Protocol):
+    name: str
+
+    def stats(self) -> Any: ...
+
+
+# Job queues whose depth and lag the gauges report, held weakly like the breakers.
+_QUEUES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_queue(queue: _Queue) -> None:
+    """Report ``queue.stats()`` through the job depth and lag gauges while it lives."""
+    with _TRACKED_LOCK:
+        _QUEUES.add(queue)
+
+
+def tracked_queues() -> list[tuple[str, Any]]:
+    """Each tracked queue's name and stats now; a queue whose store does not answer
+    is left out of this collection (the gauges skip it, the exporter goes on)."""
+    with _TRACKED_LOCK:
+        queues = list(_QUEUES)
+    answers = []
+    for queue in queues:
+        try:
+            answers.append((queue.name, queue.stats()))
+        except Exception:  # a metrics collection must not fail on an outage
+            continue
+    return answers
 
 
 class Telemetry:

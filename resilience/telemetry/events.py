@@ -27,6 +27,8 @@ __all__ = [
     "Event",
     "FallbackUsed",
     "GaveUp",
+    "JobEnqueued",
+    "JobSettled",
     "RateLimitRejected",
     "RateLimitWaited",
     "RetryScheduled",
@@ -290,6 +292,65 @@ class FallbackUsed(Event):
         cause = self.error_type or "a rejected result"
         answer = "a cached result" if self.stale else "the fallback"
         return f"fallback {self.policy!r}: {cause} ({self.error_class}) answered by {answer}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnqueued(Event):
+    """A job was added to the queue ``policy`` (``created`` False: its idempotency
+    key was held already, and ``job_id`` is the holder's)."""
+
+    handler: str
+    job_id: int
+    created: bool
+    name: ClassVar[str] = "job.enqueued"
+
+    def message(self) -> str:
+        if not self.created:
+            return f"queue {self.policy!r}: job {self.job_id} ({self.handler}) already enqueued"
+        return f"queue {self.policy!r}: job {self.job_id} ({self.handler}) enqueued"
+
+
+_JOB_LEVELS = {"dead": logging.WARNING, "lost": logging.WARNING, "retry": logging.INFO}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettled(Event):
+    """An attempt of a job ended: ``outcome`` is ``"done"``, ``"retry"`` (pending
+    again in ``delay`` seconds), ``"dead"`` (dead-lettered: ``reason``),
+    ``"deferred"`` (a gate refused it; the attempt was given back) or ``"lost"``
+    (its lease lapsed before it could be settled: it will run again)."""
+
+    handler: str
+    job_id: int
+    attempt: int
+    outcome: str
+    error_class: str | None = None
+    exception: BaseException | None = None
+    delay: float | None = None
+    reason: str | None = None
+    name: ClassVar[str] = "job.settled"
+    quietest_level: ClassVar[int] = logging.DEBUG
+
+    @property
+    def level(self) -> int:  # type: ignore[override]
+        return _JOB_LEVELS.get(self.outcome, logging.DEBUG)
+
+    @property
+    def error_type(self) -> str | None:
+        return error_type_name(self.exception)
+
+    def message(self) -> str:
+        head = f"queue {self.policy!r}: job {self.job_id} ({self.handler}) attempt {self.attempt}"
+        cause = f" after {self.error_type} ({self.error_class})" if self.exception else ""
+        if self.outcome == "done":
+            return f"{head} done"
+        if self.outcome == "retry":
+            return f"{head} failed{cause}; next attempt in {self.delay or 0.0:.3f}s"
+        if self.outcome == "dead":
+            return f"{head} failed{cause}; dead-lettered ({self.reason})"
+        if self.outcome == "deferred":
+            return f"{head} deferred {self.delay or 0.0:.3f}s by its gate; attempt given back"
+        return f"{head}: lease lost before it was settled; it will run again"
 
 
 # What a policy does while its store is down, by ``on_store_failure`` mode.

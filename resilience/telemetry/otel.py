@@ -31,6 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics_api
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._version import VERSION
 from ..errors import ResilienceError
@@ -43,6 +44,8 @@ from .events import (
     Event,
     FallbackUsed,
     GaveUp,
+    JobEnqueued,
+    JobSettled,
     RateLimitRejected,
     RateLimitWaited,
     RetryScheduled,
@@ -220,6 +223,28 @@ _SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
 _OUTAGE_BUCKETS = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]
 
 
+def _observe_queue_depths(options: Any) -> Iterator[Any]:
+    from opentelemetry.metrics import Observation
+
+    from .channel import tracked_queues
+
+    for name, stats in tracked_queues():
+        for state in ("pending", "running", "done", "dead"):
+            yield Observation(
+                getattr(stats, state),
+                {"resilience.policy.name": name, "resilience.job.state": state},
+            )
+
+
+def _observe_queue_lags(options: Any) -> Iterator[Any]:
+    from opentelemetry.metrics import Observation
+
+    from .channel import tracked_queues
+
+    for name, stats in tracked_queues():
+        yield Observation(stats.lag, {"resilience.policy.name": name})
+
+
 class _Instruments:
     """Every instrument the library records, from one meter."""
 
@@ -298,6 +323,33 @@ class _Instruments:
             unit="s",
             description="How long a store outage lasted, recorded when it ends.",
             explicit_bucket_boundaries_advisory=_OUTAGE_BUCKETS,
+        )
+        self.jobs_enqueued = meter.create_counter(
+            "resilience.job.enqueued",
+            unit="{job}",
+            description="Jobs added to a durable queue (idempotent repeats not counted).",
+        )
+        self.job_attempts = meter.create_counter(
+            "resilience.job.attempts",
+            unit="{attempt}",
+            description="Job attempts ended, by outcome (done, retry, dead, deferred, lost).",
+        )
+        self.dead_letters = meter.create_counter(
+            "resilience.job.dead_letters",
+            unit="{job}",
+            description="Jobs dead-lettered, by reason.",
+        )
+        meter.create_observable_gauge(
+            "resilience.job.depth",
+            callbacks=[_observe_queue_depths],
+            unit="{job}",
+            description="Jobs in each durable queue, by state.",
+        )
+        meter.create_observable_gauge(
+            "resilience.job.lag",
+            callbacks=[_observe_queue_lags],
+            unit="s",
+            description="How long the oldest due job of each queue has waited past its due time.",
         )
 
 
@@ -607,6 +659,79 @@ def observe_async(
 _NO_SPAN = nullcontext()
 
 
+# -- durable jobs: a producer span at enqueue, a consumer span per attempt linked to it ----
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+
+
+@contextmanager
+def job_enqueue_span(queue: str, handler: str) -> Iterator[str | None]:
+    """Around an enqueue: a producer span, and its ``traceparent`` to store with the job
+    (``None`` when tracing is off)."""
+    if not (OTEL.on and OTEL.tracing):
+        yield None
+        return
+    with _PROVIDERS.tracer().start_as_current_span(
+        f"enqueue {queue}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "resilience",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": queue,
+            "resilience.policy.kind": "job_queue",
+            "resilience.policy.name": queue,
+            "resilience.job.handler": handler,
+        },
+    ):
+        carrier: dict[str, str] = {}
+        _TRACE_CONTEXT.inject(carrier)
+        yield carrier.get("traceparent")
+
+
+@contextmanager
+def job_attempt_span(
+    queue: str, handler: str, job_id: int, attempt: int, trace: str | None
+) -> Iterator[Any]:
+    """Around one attempt of a job: a consumer span linked to the span that enqueued
+    it (a new trace: an attempt may run hours later, in another process). Yields the
+    span, or ``None`` when tracing is off."""
+    if not (OTEL.on and OTEL.tracing):
+        yield None
+        return
+    links = []
+    if trace:
+        enqueued = otel_trace.get_current_span(
+            _TRACE_CONTEXT.extract({"traceparent": trace})
+        ).get_span_context()
+        if enqueued.is_valid:
+            links.append(otel_trace.Link(enqueued))
+    with _PROVIDERS.tracer().start_as_current_span(
+        f"process {queue}",
+        context=otel_context.Context(),
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "messaging.system": "resilience",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": str(job_id),
+            "resilience.policy.kind": "job_queue",
+            "resilience.policy.name": queue,
+            "resilience.job.handler": handler,
+            "resilience.job.attempt": attempt,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+def record_job_error(span: Any, error: BaseException) -> None:
+    """Mark a job attempt's span as failed, with the redacted error."""
+    if span is not None:
+        _record_error(span, error)
+
+
 # -- events: span events on the current span, and metrics --------------------------------
 
 
@@ -688,6 +813,18 @@ def _store_back(event: StoreRecovered, i: _Instruments, base: dict[str, Any]) ->
     i.store_outage_duration.record(event.downtime, base | {"resilience.store.name": store})
 
 
+def _job_enqueued(event: JobEnqueued, i: _Instruments, base: dict[str, Any]) -> None:
+    if event.created:
+        i.jobs_enqueued.add(1, base | {"resilience.job.handler": event.handler})
+
+
+def _job_settled(event: JobSettled, i: _Instruments, base: dict[str, Any]) -> None:
+    attributes = base | {"resilience.job.handler": event.handler}
+    i.job_attempts.add(1, attributes | {"resilience.outcome": event.outcome})
+    if event.outcome == "dead":
+        i.dead_letters.add(1, attributes | {"resilience.job.reason": event.reason or "unknown"})
+
+
 EVENT_METRICS: dict[type[Event], _EventMetrics | None] = {
     AttemptStarted: None,  # attempts are calls + retries
     RetryScheduled: _retry_scheduled,
@@ -702,6 +839,8 @@ EVENT_METRICS: dict[type[Event], _EventMetrics | None] = {
     FallbackUsed: _fallback_used,
     StoreOutage: _store_down,
     StoreRecovered: _store_back,
+    JobEnqueued: _job_enqueued,
+    JobSettled: _job_settled,
 }
 """Every event type, and the metrics it records (see docs/telemetry.md)."""
 

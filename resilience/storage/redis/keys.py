@@ -7,6 +7,12 @@ Redis Cluster's hash tag: by default the policy name, so all keys of one limiter
 breaker live in one slot. With ``hash_tag=`` the tag is chosen instead
 (``{prefix}:{<tag>}:n<len>:<name>:...``), which limiters acquired together on a
 cluster must share: one script may touch only one slot.
+
+A job queue's keys start with ``{prefix}:jobs:{<queue>}`` (the queue name is the
+hash tag, so one script reaches all of a queue's keys on a cluster); a name that
+contains a brace, or is empty, goes hex-encoded instead: ``{prefix}:jobx:{=<hex>}``.
+Two keys are shared by every queue of a store: ``{prefix}:jobs:ids`` (the id
+counter) and ``{prefix}:jobs:queues`` (the set of queue names).
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ _CACHED = 10_000
 class RedisKeys:
     """One store's key names: built from its prefix and hash tags, cached as bytes."""
 
-    __slots__ = ("_bucket_keys", "_circuit_keys", "hash_tag", "prefix")
+    __slots__ = ("_bucket_keys", "_circuit_keys", "_job_bases", "hash_tag", "prefix")
 
     def __init__(self, prefix: str, hash_tag: str | Mapping[str, str] | None) -> None:
         self.prefix = prefix
         self.hash_tag = hash_tag
         self._bucket_keys: dict[tuple[str, str | None], bytes] = {}
         self._circuit_keys: dict[str, bytes] = {}
+        self._job_bases: dict[str, bytes] = {}
 
     def tag(self, name: str) -> str:
         """The hash tag of policy ``name``'s keys."""
@@ -88,6 +95,29 @@ class RedisKeys:
             if len(self._circuit_keys) < _CACHED:
                 self._circuit_keys[name] = found
         return found
+
+    def job_base(self, queue: str) -> bytes:
+        """What every key of job queue ``queue`` starts with (its hash tag included)."""
+        found = self._job_bases.get(queue)
+        if found is not None:
+            return found
+        if not isinstance(queue, str):
+            raise TypeError(f"RedisStore: queue names are str, got {type(queue).__name__}")
+        if queue and "{" not in queue and "}" not in queue:
+            made = utf8(f"{self.prefix}:jobs:{{{queue}}}")
+        else:  # a brace would end the hash tag early, an empty tag hashes the whole key
+            made = utf8(f"{self.prefix}:jobx:{{=") + utf8(queue).hex().encode() + b"}"
+        if len(self._job_bases) < _CACHED:
+            self._job_bases[queue] = made
+        return made
+
+    def job_ids(self) -> bytes:
+        """The counter that numbers the jobs of every queue."""
+        return utf8(f"{self.prefix}:jobs:ids")
+
+    def job_queues(self) -> bytes:
+        """The set of the names of the queues that hold jobs."""
+        return utf8(f"{self.prefix}:jobs:queues")
 
     def check_one_slot(self, requests: Sequence[BucketRequest]) -> None:
         """Refuse, before any I/O, a Redis Cluster acquisition over several hash tags."""
