@@ -254,15 +254,16 @@ class JobQueue:
     """A durable job queue named ``name`` in ``store``.
 
     ``store``: a URL (``sqlite:///jobs.db``, ``postgresql://…``, ``redis://…``,
-    ``memory://``) or a store object. ``retry`` decides each failure (default:
-    ``Retry()``); its ``attempts`` is each job's limit unless ``enqueue`` says
-    otherwise. ``gate``: a rate limiter, a circuit breaker, a pipeline of them, or
-    a function of the :class:`Job` returning one (or ``None``); a refusal defers the
-    job until its ``retry_after`` without using an attempt. ``retention``: finished
-    jobs (done and dead) are removed this many seconds after they finish (``None``:
-    kept until :meth:`purge`). ``lease``: how long a claimed job is reserved for its
-    worker without a heartbeat (workers heartbeat every third of it).
-    ``poll_interval``: how long an idle worker waits before looking again.
+    ``memory://``) or a store object. ``retry`` decides each failure (default: 5
+    attempts, exponential backoff from 5 s to an hour with full jitter); its
+    ``attempts`` is each job's limit unless ``enqueue`` says otherwise. ``gate``: a rate
+    limiter, a circuit breaker, a pipeline of them, or a function of the :class:`Job`
+    returning one (or ``None``); a refusal defers the job until its ``retry_after``
+    without using an attempt. ``retention``: finished jobs (done and dead) are removed
+    this many seconds after they finish (``None``: kept until :meth:`purge`). ``lease``:
+    how long a claimed job is reserved for its worker without a heartbeat (workers
+    heartbeat every third of it). ``poll_interval``: how long an idle worker waits
+    before looking again.
     """
 
     kind = "job_queue"
@@ -283,7 +284,9 @@ class JobQueue:
         self.options = options
         self.name: str = options.name
         self._store: JobStore = _job_store(options.store, self.name)
-        self.retry: Retry = options.retry if options.retry is not None else Retry()
+        self.retry: Retry = (
+            options.retry if options.retry is not None else _default_retry(self.name)
+        )
         self._gate = _check_gate(options.gate, self.name)
         kept: float | None = options.retention
         self._retention = None if kept is None or math.isinf(kept) else kept
@@ -780,6 +783,15 @@ JobQueueOptions = options_model(JobQueue.__init__, "JobQueueOptions")
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _default_retry(queue: str) -> Retry:
+    """Five attempts, waiting from about 5 s up to an hour (full jitter): a durable
+    queue's waits cost no worker, so they can be long. A Retry-After up to an hour
+    is honoured (a hint is capped by the backoff's cap)."""
+    from .backoff import Backoff
+
+    return Retry(attempts=5, backoff=Backoff.exponential(5.0, 3600.0), name=f"jobs.{queue}")
 
 
 def _seconds(value: float | datetime.timedelta, field: str) -> float:

@@ -38,11 +38,12 @@ from .pipeline import Pipeline
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
     from .bulkhead import Bulkhead
+    from .jobs import JobQueue
     from .ratelimit import RateLimiter
     from .retry import Retry
     from .timeout import Timeout
 
-__all__ = ["PolicySnapshot", "Registry", "RegistrySnapshot"]
+__all__ = ["PolicySnapshot", "QueueSnapshot", "Registry", "RegistrySnapshot"]
 
 T = TypeVar("T", bound=Policy)
 
@@ -66,6 +67,18 @@ class PolicySnapshot(BaseModel):
     """For a pipeline: its policies' names, outermost first."""
 
 
+class QueueSnapshot(BaseModel):
+    """One durable job queue, read from its store at the time of a snapshot."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    stats: dict[str, Scalar] = Field(default_factory=dict)
+    """Counts by state (``pending``, ``running``, ``done``, ``dead``), ``due`` and ``lag``."""
+    error: str | None = None
+    """Why the store could not be read (the stats are then empty)."""
+
+
 class RegistrySnapshot(BaseModel):
     """Every registered policy, by registered name (``snapshot.model_dump_json()``)."""
 
@@ -73,6 +86,22 @@ class RegistrySnapshot(BaseModel):
 
     taken_at: datetime.datetime
     policies: dict[str, PolicySnapshot]
+    queues: dict[str, QueueSnapshot] = Field(default_factory=dict)
+    """Every registered job queue (:meth:`Registry.queue`), by name."""
+
+
+def describe_queue(name: str, queue: JobQueue) -> QueueSnapshot:
+    """A queue's stats now; a store that does not answer gives the error instead."""
+    from .errors import StoreUnavailable
+
+    try:
+        stats = queue.stats()
+    except StoreUnavailable as error:
+        return QueueSnapshot(name=name, error=str(error))
+    return QueueSnapshot(
+        name=name,
+        stats={key: _scalar(value) for key, value in dataclasses.asdict(stats).items()},
+    )
 
 
 def _scalar(value: Any) -> Scalar:
@@ -121,6 +150,7 @@ class Registry:
         self._policies: dict[str, Policy] = {}
         # The options each policy built by policy() was asked for, to compare requests.
         self._requested: dict[str, BaseModel] = {}
+        self._queues: dict[str, JobQueue] = {}
         self._lock = threading.RLock()
         self.clock = clock
         """Given to every policy this registry builds that takes a clock."""
@@ -335,6 +365,37 @@ class Registry:
     def __len__(self) -> int:
         return len(self._policies)
 
+    def queue(self, name: str, /, **options: Any) -> JobQueue:
+        """The durable job queue named ``name``, built with ``options`` (those of
+        :class:`~resilience.jobs.JobQueue`) on first use; a registered queue
+        (:meth:`register_queue`) is returned as it is."""
+        from .jobs import JobQueue
+
+        with self._lock:
+            queue = self._queues.get(name)
+            if queue is None:
+                queue = self._queues[name] = JobQueue(name, **options)
+            return queue
+
+    def register_queue(self, queue: JobQueue, *, replace: bool = False) -> JobQueue:
+        """Register ``queue`` under its name (for :meth:`snapshot`) and return it."""
+        from .jobs import JobQueue
+
+        if not isinstance(queue, JobQueue):
+            raise TypeError(f"expected a JobQueue, got {type(queue).__name__}")
+        with self._lock:
+            if not replace and queue.name in self._queues:
+                raise ConfigurationError(
+                    "registry", [(queue.name, "queue already registered (pass replace=True)")]
+                )
+            self._queues[queue.name] = queue
+        return queue
+
+    def queues(self) -> list[str]:
+        """The names of the registered job queues."""
+        with self._lock:
+            return sorted(self._queues)
+
     def remove(self, name: str) -> Policy:
         """Unregister ``name`` and return its policy."""
         with self._lock:
@@ -344,12 +405,15 @@ class Registry:
 
     def snapshot(self) -> RegistrySnapshot:
         """Every policy's statistics and state, JSON-serialisable
-        (``registry.snapshot().model_dump_json()``)."""
+        (``registry.snapshot().model_dump_json()``), and every job queue's stats
+        (read from its store now)."""
         with self._lock:
             items = list(self._policies.items())
+            queues = list(self._queues.items())
         return RegistrySnapshot(
             taken_at=datetime.datetime.now(datetime.UTC),
             policies={name: describe(name, policy) for name, policy in items},
+            queues={name: describe_queue(name, queue) for name, queue in queues},
         )
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,51 @@ def test_snapshot_is_json_with_statistics_and_state() -> None:
     assert data["policies"]["standalone"]["policies"] == ["pool"]
     assert data["policies"]["charge.timeout"]["statistics"]["seconds"] == 10.0
     assert "taken_at" in data
+
+
+def test_job_queues_appear_in_the_snapshot() -> None:
+    from resilience.jobs import JobQueue
+    from resilience.storage import MemoryStore
+    from resilience.testing import FakeClock
+
+    clock = FakeClock(1_700_000_000.0)
+    registry = Registry()
+    emails = registry.queue("emails", store=MemoryStore(clock))
+    assert registry.queue("emails") is emails
+
+    @emails.handler
+    def send(to: str) -> None:
+        pass
+
+    emails.enqueue(send, to="a")
+    emails.enqueue(send, to="b", delay=10.0)
+    broken = JobQueue("broken", store=BrokenJobs())
+    registry.register_queue(broken)
+    with pytest.raises(rs.ConfigurationError):
+        registry.register_queue(JobQueue("broken", store=MemoryStore(clock)))
+    snapshot = registry.snapshot()
+    assert snapshot.queues["emails"].stats == {
+        "pending": 2,
+        "running": 0,
+        "done": 0,
+        "dead": 0,
+        "due": 1,
+        "lag": 0.0,
+    }
+    assert snapshot.queues["broken"].stats == {}
+    assert "unavailable" in (snapshot.queues["broken"].error or "")
+    assert "emails" in snapshot.model_dump_json()
+    assert registry.queues() == ["broken", "emails"]
+
+
+class BrokenJobs:
+    """A job store whose server is down (every call fails as a real one would)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith(("job_", "ajob_")):
+            raise AttributeError(name)
+
+        def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise rs.StoreUnavailable("broken://", "connection refused")
+
+        return unavailable

@@ -36,14 +36,15 @@ def exposition() -> Iterator[str]:
     _reset_otel_globals()
     metrics_internal.set_meter_provider(provider)
     try:
-        exercise_every_policy()
+        queue = exercise_every_policy()  # kept alive: its gauges read it at collection
         yield generate_latest(registry).decode()
+        del queue
     finally:
         provider.shutdown()
         _reset_otel_globals()
 
 
-def exercise_every_policy() -> None:
+def exercise_every_policy() -> object:
     clock = FakeClock()
     retry = rs.Retry(attempts=2, backoff=rs.Backoff.constant(0), name="alerts-retry")
 
@@ -63,6 +64,25 @@ def exercise_every_policy() -> None:
     limiter.acquire(timeout=5.0)  # waits one second for a token
     with pytest.raises(rs.RateLimitExceeded):
         limiter.acquire(timeout=0.0)
+    return exercise_a_job_queue()
+
+
+def exercise_a_job_queue() -> object:
+    from resilience.jobs import JobQueue
+    from resilience.storage import MemoryStore
+
+    clock = FakeClock(1_700_000_000.0)
+    queue = JobQueue("alerts-queue", store=MemoryStore(clock), retry=rs.Retry(attempts=1))
+
+    @queue.handler
+    def fails() -> None:
+        raise ConnectionError("down")
+
+    queue.enqueue(fails)
+    queue.enqueue(fails, delay=60.0)
+    queue.run_once()
+    clock.advance(120.0)  # the second job is due and waiting: lag
+    return queue
 
 
 def test_rules_parse_and_have_the_expected_shape() -> None:
@@ -72,6 +92,8 @@ def test_rules_parse_and_have_the_expected_shape() -> None:
         "CircuitBreakerOpen",
         "RetryGiveUpRatioHigh",
         "RateLimiterRejectingSteadily",
+        "JobDeadLettersGrowing",
+        "JobQueueLagHigh",
     }
     for rule in rules:
         assert set(rule) >= {"alert", "expr", "for", "labels", "annotations"}

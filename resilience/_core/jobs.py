@@ -55,10 +55,11 @@ priority outside ``1..MAX_PRIORITY``, a ``limit`` or ``max_attempts`` below 1.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "LAPSED",
@@ -140,6 +141,12 @@ class Job:
     """Why it is dead (``"attempts"``, the decision's reason); ``None`` unless dead."""
     trace: str | None = None
     """The W3C ``traceparent`` of the span that enqueued it (``None``: none)."""
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The handler's keyword arguments: the payload, parsed."""
+        parsed: dict[str, Any] = json.loads(self.payload)
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)
