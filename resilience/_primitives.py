@@ -154,6 +154,9 @@ class WorkerPool:
             self._running -= 1
             self._idle.notify_all()
 
+    def cancel(self) -> None:
+        """Nothing to do: a thread cannot be stopped; its job runs to the end."""
+
     def join(self) -> None:
         """Wait for every submitted job."""
         with self._idle:
@@ -187,6 +190,11 @@ class AsyncWorkerPool:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._freed.set()
+
+    def cancel(self) -> None:
+        """Cancel every running job (each hands its job back to the queue)."""
+        for task in self._tasks:
+            task.cancel()
 
     async def join(self) -> None:
         while self._tasks:

@@ -123,10 +123,15 @@ async def arun_once(queue: JobQueue, limit: int, concurrency: int) -> RunCounts:
     tally.hold(jobs)
     pool = AsyncWorkerPool(concurrency)
     async with AsyncTicker(lambda: _aheartbeat(queue, tally), queue._beat_every):
-        for job in jobs:
-            await pool.wait_free()
-            pool.submit(_arun_job, queue, job, tally)
-        await pool.aclose()
+        try:
+            for job in jobs:
+                await pool.wait_free()
+                pool.submit(_arun_job, queue, job, tally)
+        except BaseException:
+            pool.cancel()
+            raise
+        finally:
+            await pool.aclose()
     return tally.counts()
 
 
@@ -166,6 +171,9 @@ async def awork(queue: JobQueue, concurrency: int, stop: Any, until_empty: bool)
                     continue
                 if await asleep_until_stopped(stop, queue._poll_interval):
                     break
+        except BaseException:  # cancelled, interrupted: hand the running jobs back now
+            pool.cancel()
+            raise
         finally:
             await pool.aclose()
     return tally.counts()

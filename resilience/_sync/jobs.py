@@ -121,10 +121,15 @@ def run_once(queue: JobQueue, limit: int, concurrency: int) -> RunCounts:
     tally.hold(jobs)
     pool = WorkerPool(concurrency)
     with Ticker(lambda: _heartbeat(queue, tally), queue._beat_every):
-        for job in jobs:
-            pool.wait_free()
-            pool.submit(_run_job, queue, job, tally)
-        pool.close()
+        try:
+            for job in jobs:
+                pool.wait_free()
+                pool.submit(_run_job, queue, job, tally)
+        except BaseException:
+            pool.cancel()
+            raise
+        finally:
+            pool.close()
     return tally.counts()
 
 
@@ -162,6 +167,9 @@ def work(queue: JobQueue, concurrency: int, stop: Any, until_empty: bool) -> Run
                     continue
                 if sleep_until_stopped(stop, queue._poll_interval):
                     break
+        except BaseException:  # cancelled, interrupted: hand the running jobs back now
+            pool.cancel()
+            raise
         finally:
             pool.close()
     return tally.counts()
