@@ -61,7 +61,7 @@ def drop_postgres_tables(dsn: str, table: str) -> None:
     from psycopg import sql
 
     with psycopg.connect(dsn, autocommit=True) as admin:
-        for suffix in ("buckets", "circuits"):
+        for suffix in ("buckets", "circuits", "jobs"):
             admin.execute(
                 sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(f"{table}_{suffix}"))
             )

@@ -620,8 +620,12 @@ class QueueAgainstTheCore(RuleBasedStateMachine):
 def test_every_store_follows_the_core(store_name: str, tmp_path: Path) -> None:
     clock = FakeClock(FAR)
     built, cleanup = FACTORIES[store_name](clock, tmp_path)
-    QueueAgainstTheCore.store = built
-    QueueAgainstTheCore.clock = clock
+    # A subclass per store: settings() may be applied once per class.
+    machine = type(
+        f"QueueAgainstTheCore_{store_name}",
+        (QueueAgainstTheCore,),
+        {"store": built, "clock": clock},
+    )
     examples = 60 if store_name in ("memory", "sqlite") else 25
     try:
         state_machine = settings(
@@ -629,8 +633,7 @@ def test_every_store_follows_the_core(store_name: str, tmp_path: Path) -> None:
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
-        )(QueueAgainstTheCore)
+        )(machine)
         state_machine.TestCase().runTest()
     finally:
-        QueueAgainstTheCore.store = None
         cleanup()

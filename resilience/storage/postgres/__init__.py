@@ -1,8 +1,9 @@
-"""PostgreSQL: shared buckets and circuits for a fleet, through psycopg 3.
+"""PostgreSQL: shared buckets, circuits and durable jobs for a fleet, through psycopg 3.
 
-Two tables, ``<table>_buckets`` (one ``double precision`` per bucket: its
-theoretical arrival time) and ``<table>_circuits`` (one row per circuit), and
-three PL/pgSQL functions, are created on first use (``IF NOT EXISTS``, under an
+Three tables, ``<table>_buckets`` (one ``double precision`` per bucket: its
+theoretical arrival time), ``<table>_circuits`` (one row per circuit) and
+``<table>_jobs`` (one row per job, see :mod:`.jobs`), and three PL/pgSQL
+functions, are created on first use (``IF NOT EXISTS``, under an
 advisory lock so that processes starting together do not race on the DDL);
 columns added since are added to an existing table (``ADD COLUMN IF NOT
 EXISTS``).
@@ -34,12 +35,15 @@ One round trip per operation
   conditional ``UPDATE … RETURNING`` each. Permits are leased
   (:func:`resilience._core.breaker.take_probe`, on the server's clock): they
   lapse together ``lease`` seconds after the last one was handed out.
+* **Jobs**: enqueue (a batch of any size), claim and each settling call are
+  one statement each; see :mod:`.jobs`.
 
 Time is the server's (``extract(epoch FROM clock_timestamp())``), so clients
 whose clocks disagree share consistent buckets and breaks; answers are relative
 seconds. The breaker's ``now`` argument is ignored. Every time is a ``float8``
 (no ``interval`` that could overflow); a break duration that is not a finite
-number is held as :data:`~resilience._core.breaker.MAX_BREAK`.
+number is held as :data:`~resilience._core.breaker.MAX_BREAK`. Jobs are dated by
+the server's clock too, unless the store is given a ``job_clock`` (for tests).
 
 Keys and names
 --------------
@@ -75,7 +79,8 @@ to ``timeout``: a busy pool is back-pressure, not an outage.
 Modules
 -------
 ``store`` (:class:`PostgresStore`), ``schema`` (the tables, functions and
-statements), ``connections`` (the pools and their session settings),
+statements), ``jobs`` (the jobs table, its statements and the job queue's
+methods), ``connections`` (the pools and their session settings),
 ``watchdog`` (the client-side deadline) and ``dsn`` (checking and showing the
 connection string).
 """

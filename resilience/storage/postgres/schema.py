@@ -1,6 +1,7 @@
 """The SQL of a :class:`~resilience.storage.postgres.PostgresStore`: its tables and
 PL/pgSQL functions (the DDL, created on first use), the query that tells whether they
-are in place, and every statement the store runs, named for one table prefix.
+are in place, and every statement the store runs, named for one table prefix. The
+jobs table's DDL and statements live in :mod:`.jobs`; it is created here with the rest.
 
 Table and function names are composed with :class:`psycopg.sql.Identifier`, never
 interpolated as text; values are always bound parameters. A function's name carries
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from psycopg import sql
+
+from .jobs import INDEXES, jobs_ddl
 
 __all__ = ["Query", "Schema"]
 
@@ -211,6 +214,7 @@ class Schema:
             sql.SQL(_LOCK_FUNCTION).format(**names),
             sql.SQL(_TAKE_FUNCTION).format(**names),
             sql.SQL(_REFUND_FUNCTION).format(**names),
+            jobs_ddl(self.table),
         ]
 
     def probe(self) -> Query:
@@ -220,13 +224,17 @@ class Schema:
                 "SELECT to_regproc(%s) IS NOT NULL AND to_regproc(%s) IS NOT NULL "
                 "AND to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute "
                 "WHERE attrelid = to_regclass(%s) AND attname = 'probes_lapse_at' "
-                "AND NOT attisdropped)"
+                "AND NOT attisdropped) "
+                # The jobs table, and its last index (created after the others).
+                "AND to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL"
             ),
             (
                 _quoted(f"{self.table}_{_TAKE}"),
                 _quoted(f"{self.table}_{_REFUND}"),
                 _quoted(f"{self.table}_buckets"),
                 _quoted(f"{self.table}_circuits"),
+                _quoted(f"{self.table}_jobs"),
+                _quoted(f"{self.table}_{INDEXES[-1]}"),
             ),
         )
 

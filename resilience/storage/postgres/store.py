@@ -1,4 +1,4 @@
-"""The :class:`PostgresStore` class: the two storage protocols over PostgreSQL.
+"""The :class:`PostgresStore` class: the storage protocols over PostgreSQL.
 
 What each part does and why is told in :mod:`resilience.storage.postgres`. This
 module validates the options, writes each operation once (a generator of
@@ -6,7 +6,8 @@ statements, run by the sync and the async driver alike), and runs it on a pooled
 connection under a client-side deadline, mapping psycopg's errors to
 :class:`~resilience.StoreUnavailable` or to the call's :class:`ValueError`. The SQL
 (``schema``), the pools (``connections``), the deadline (``watchdog``) and the DSN
-(``dsn``) have modules of their own beside it.
+(``dsn``) have modules of their own beside it, and so do the job queue's
+statements and methods (``jobs``, a mixin of the store).
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
 from ..._core.breaker import MAX_BREAK, CircuitState
 from ..._core.bucket import FULL, BucketSpec, Decision, tokens
+from ...clock import Clock
 from ...errors import ConfigurationError, StoreUnavailable
 from .._sql import encode_key, snapshot_of
 from ..breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback, Transition
 from ..buckets import BucketRequest
 from .connections import AsyncConnection, Connection, Health, Pools
 from .dsn import check_dsn, display
+from .jobs import JobQueries, PostgresJobs
 from .schema import Query, Schema
 from .values import MAX_NAME_BYTES, held_break, name_problem, storable_text
 from .watchdog import WATCHDOG, cut_connection
@@ -83,8 +87,8 @@ def _number(value: object) -> float | None:
         return math.inf
 
 
-class PostgresStore:
-    """Buckets and circuits in PostgreSQL tables, shared by every process that connects.
+class PostgresStore(PostgresJobs):
+    """Buckets, circuits and jobs in PostgreSQL tables, shared by every process that connects.
 
     ``dsn`` is a libpq connection string or URL (``postgresql://user@host/db``;
     ``postgres://`` is libpq's alias). ``timeout`` (seconds) bounds every
@@ -102,6 +106,13 @@ class PostgresStore:
     longer waits for its WAL flush (faster), at the price that a server
     *crash* may forget the last fraction of a second of acquisitions (buckets
     then look fuller than they were).
+
+    Jobs (:class:`~resilience.storage.jobs.JobStore`, in ``<table>_jobs``) are
+    dated by the server's clock, or by ``job_clock`` when one is given (a
+    :class:`~resilience.clock.Clock` whose ``now()`` is seconds since the epoch;
+    for tests, a fake clock). ``job_enqueue`` and ``job_complete`` accept the
+    caller's own psycopg connection to the same database (``connection=``):
+    see :mod:`resilience.storage.postgres.jobs`.
     """
 
     def __init__(
@@ -114,6 +125,7 @@ class PostgresStore:
         synchronous_commit: bool = True,
         pool_size: int = 10,
         probe_lease: float = DEFAULT_PROBE_LEASE,
+        job_clock: Clock | None = None,
     ) -> None:
         problems: list[tuple[str, str]] = []
         info, dsn_problem = check_dsn(dsn)
@@ -154,6 +166,10 @@ class PostgresStore:
             problems.append(
                 ("probe_lease", f"must be a finite number of seconds > 0, got {probe_lease!r}")
             )
+        if job_clock is not None and not callable(getattr(job_clock, "now", None)):
+            problems.append(
+                ("job_clock", f"must be a Clock (with now()) or None, got {job_clock!r}")
+            )
         if problems:
             raise ConfigurationError("PostgresStore", problems)
         assert info is not None
@@ -165,6 +181,7 @@ class PostgresStore:
         self.synchronous_commit = synchronous_commit
         self.pool_size = pool_size
         self.probe_lease = float(probe_lease)
+        self.job_clock = job_clock
         # An answer may take the server's own timeout, plus a margin for the trip back.
         self._answer_within = self.timeout + min(1.0, 0.1 + self.timeout / 4)
         self._schema = Schema(table)
@@ -179,6 +196,7 @@ class PostgresStore:
         self._names: set[str] = set()  # names already checked
         self._takes = 0
         self._queries = self._schema.queries()
+        self._job_queries = JobQueries(table, job_clock)
 
     # -- the schema, created on first use ---------------------------------------------
 
@@ -355,6 +373,37 @@ class PostgresStore:
             # Shielded: a task cancelled while it hands the connection back must
             # not lose it (the pool would shrink for good).
             await asyncio.shield(_agive_back(pool, connection, broken))
+
+    def _run_on(self, connection: Any, make: Callable[[], _Op[T]]) -> T:
+        """Run an operation on the caller's connection, in its transaction, as it is."""
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(
+                "connection= must be a psycopg.Connection to the store's database, "
+                f"got {type(connection).__name__}"
+            )
+        if not self._ready:
+            self._run(_nothing)  # the schema, on a pooled connection: not in the caller's work
+        try:
+            return _drive(make(), connection)
+        except _INPUT_ERRORS as error:
+            raise self._bad_input(error) from error
+        except psycopg.Error as error:
+            raise self._failed(error, False) from error
+
+    async def _arun_on(self, connection: Any, make: Callable[[], _Op[T]]) -> T:
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise TypeError(
+                "connection= must be a psycopg.AsyncConnection to the store's database, "
+                f"got {type(connection).__name__}"
+            )
+        if not self._ready:
+            await self._arun(_nothing)
+        try:
+            return await _adrive(make(), connection)
+        except _INPUT_ERRORS as error:
+            raise self._bad_input(error) from error
+        except psycopg.Error as error:
+            raise self._failed(error, False) from error
 
     def close(self) -> None:
         """Close this process's sync pool (the next call opens a new one)."""
@@ -554,6 +603,7 @@ class PostgresStore:
             "synchronous_commit": self.synchronous_commit,
             "pool_size": self.pool_size,
             "probe_lease": self.probe_lease,
+            "job_clock": self.job_clock,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -565,6 +615,7 @@ class PostgresStore:
             synchronous_commit=state["synchronous_commit"],
             pool_size=state.get("pool_size", 10),
             probe_lease=state.get("probe_lease", DEFAULT_PROBE_LEASE),
+            job_clock=state.get("job_clock"),
         )
 
     def __repr__(self) -> str:
@@ -574,11 +625,18 @@ class PostgresStore:
         )
 
 
+def _nothing() -> _Op[None]:
+    """An operation of no statement (running it creates the schema if need be)."""
+    return None
+    yield  # pragma: no cover - makes this a generator
+
+
 def _drive(op: _Op[T], connection: psycopg.Connection[Any]) -> T:
     try:
         query, params = next(op)
         while True:
-            cursor = connection.execute(query, params)
+            # Tuple rows whatever the connection's row factory (the caller's may differ).
+            cursor = connection.cursor(row_factory=tuple_row).execute(query, params)
             rows = cursor.fetchall() if cursor.description is not None else []
             query, params = op.send(rows)
     except StopIteration as done:
@@ -589,7 +647,7 @@ async def _adrive(op: _Op[T], connection: psycopg.AsyncConnection[Any]) -> T:
     try:
         query, params = next(op)
         while True:
-            cursor = await connection.execute(query, params)
+            cursor = await connection.cursor(row_factory=tuple_row).execute(query, params)
             rows = await cursor.fetchall() if cursor.description is not None else []
             query, params = op.send(rows)
     except StopIteration as done:
