@@ -99,6 +99,22 @@ def payout_handler(spec: dict[str, Any]) -> Any:
     return pay
 
 
+def unsafe_payout_handler(spec: dict[str, Any]) -> Any:
+    """The control: pays in a transaction of its own, then lets the queue complete
+    the job afterwards (two commits): a kill between them pays twice."""
+    path = spec["store"].removeprefix("sqlite:///")
+
+    def pay(entry: int, amount: int) -> None:
+        with sqlite3.connect(path, timeout=30) as connection:
+            connection.execute(
+                "INSERT INTO payouts (entry, amount, worker) VALUES (?, ?, ?)",
+                (entry, amount, os.getpid()),
+            )
+        hang_if_asked(spec, entry)
+
+    return pay
+
+
 def record_handler(spec: dict[str, Any]) -> Any:
     path = os.path.join(spec["records"], f"{os.getpid()}.txt")
 
@@ -117,7 +133,11 @@ def record_handler(spec: dict[str, Any]) -> Any:
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     queue = build_queue(spec)
-    handler = payout_handler(spec) if spec["kind"] == "payout" else record_handler(spec)
+    handler = {
+        "payout": payout_handler,
+        "unsafe_payout": unsafe_payout_handler,
+        "record": record_handler,
+    }[spec["kind"]](spec)
     queue.handler(name=spec["kind"])(handler)
     if spec.get("ready"):
         with open(spec["ready"], "w") as ready:

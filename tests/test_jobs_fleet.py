@@ -235,3 +235,26 @@ def paid_counts(fleet: Fleet) -> Counter[int]:
     finally:
         client.close()
     return Counter({int(entry): int(count) for entry, count in counts.items()})
+
+
+def test_the_control_pays_twice_without_the_shared_transaction(tmp_path: Path) -> None:
+    """What the payout test guards against: completing the job in a second commit."""
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE payouts (entry INTEGER NOT NULL, amount INTEGER, worker INTEGER)"
+        )
+    fleet = Fleet("sqlite", f"sqlite:///{path}", {"timeout": 30.0})
+    queue = fleet.queue("control")
+    queue.handler(name="unsafe_payout")(lambda entry, amount: None)
+    queue.enqueue_batch("unsafe_payout", [{"entry": entry, "amount": 1} for entry in range(20)])
+    marker = tmp_path / "paused"
+    worker = start_worker(
+        fleet, "control", "unsafe_payout", pause_entry=10, pause_marker=str(marker), concurrency=1
+    )
+    wait_for(marker, worker)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    drain(fleet, queue, "control", "unsafe_payout")
+    paid = paid_counts(fleet)
+    assert set(paid) == set(range(20)) and paid[10] == 2  # the killed entry, paid twice
