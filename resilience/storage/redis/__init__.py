@@ -1,8 +1,9 @@
-"""Token buckets and circuits in Redis (or Redis Cluster), sync and asyncio.
+"""Token buckets, circuits and job queues in Redis (or Redis Cluster), sync and asyncio.
 
-:class:`RedisStore` implements both :class:`~resilience.storage.buckets.BucketStore`
-and :class:`~resilience.storage.breakers.BreakerStore`, so one store serves every
-rate limiter and circuit breaker of a service::
+:class:`RedisStore` implements :class:`~resilience.storage.buckets.BucketStore`,
+:class:`~resilience.storage.breakers.BreakerStore` and
+:class:`~resilience.storage.jobs.JobStore`, so one store serves every rate
+limiter, circuit breaker and job queue of a service::
 
     store = RedisStore.from_url("redis://cache:6379/0")
     limiter = RateLimiter("emails", rate=100, per=60.0, store=store)
@@ -52,6 +53,13 @@ Design
   pub/sub or polling) takes the new circuit as newer than the lost one. A
   transition from a version of the lost epoch applies to the empty circuit
   (its author held the newest view there is), so a trip is not lost either.
+* **Job queues** (:mod:`~resilience.storage.redis.job_scripts` tells the keys)
+  keep each job in a hash and index it in sorted sets kept by the scripts, so
+  that a claim takes due jobs in claim order at O(log n) a job, and stats and
+  batch progress are counters, not scans. Every change is one script on the
+  server's ``TIME``. All keys of a queue share its hash tag
+  (``{prefix}:jobs:{<queue>}:...``). Redis is not transactional with the
+  caller's database, so ``connection=`` is refused.
 * **Values are numbers and short strings**, never pickle.
 * **Connections.** A URL-built store uses a *blocking* pool of
   ``max_connections`` connections (50 by default; per node on a cluster):
@@ -85,7 +93,8 @@ Modules
 ``store`` (:class:`RedisStore`), ``scripts`` (the Lua), ``keys`` (key names and
 hash tags), ``wire`` (values to and from the scripts), ``lineage`` (versions
 across lost circuits), ``clients`` (pools, timeouts, retries), ``urls`` (URL
-options, checks, redaction) and ``watcher`` (the pub/sub thread).
+options, checks, redaction), ``watcher`` (the pub/sub thread), ``jobs`` (the job
+queue methods) and ``job_scripts`` (their Lua and key layout).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 
+from .job_scripts import JOB_SOURCES
+
 # Shared Lua prelude: the server time in seconds, and short names. Plain
 # statements, no closures: cheaper per call.
 _PRELUDE = """
@@ -278,6 +280,7 @@ SOURCES = {
     "transition": BREAKER_TRANSITION,
     "acquire": BREAKER_ACQUIRE_PROBE,
     "release": BREAKER_RELEASE_PROBE,
+    **JOB_SOURCES,  # the job queues' scripts (job_scripts)
 }
 
 #: Each operation's SHA1, for EVALSHA (the server caches scripts by it).

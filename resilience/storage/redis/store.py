@@ -1,4 +1,4 @@
-"""The :class:`RedisStore` class: the two storage protocols over Redis's Lua scripts.
+"""The :class:`RedisStore` class: the storage protocols over Redis's Lua scripts.
 
 What each part does and why is told in :mod:`resilience.storage.redis`. This module
 validates the options, runs the scripts (``EVALSHA``, loaded again on ``NOSCRIPT``)
@@ -20,6 +20,7 @@ import redis.exceptions
 
 from ..._core.breaker import CircuitState
 from ..._core.bucket import BucketSpec, Decision, exact_delay, take_all, tokens
+from ...clock import Clock
 from ...errors import ConfigurationError, StoreUnavailable
 from ..breakers import CircuitSnapshot, SnapshotCallback, Transition
 from ..buckets import BucketRequest
@@ -34,6 +35,7 @@ from .clients import (
     subscriber,
     sync_client,
 )
+from .jobs import RedisJobs, check_job_clock
 from .keys import RedisKeys
 from .lineage import Lineage
 from .scripts import SHAS, SOURCES
@@ -54,8 +56,9 @@ def _number_problem(field: str, value: Any, *, positive: bool = False) -> tuple[
     return None
 
 
-class RedisStore:
-    """Rate-limiter buckets and breaker circuits in Redis: see :mod:`resilience.storage.redis`.
+class RedisStore(RedisJobs):
+    """Rate-limiter buckets, breaker circuits and job queues in Redis: see
+    :mod:`resilience.storage.redis`.
 
     Build it from a URL (``redis://``, ``rediss://``, ``unix://``) or from
     existing redis-py clients (``client=`` a ``redis.Redis`` or
@@ -63,6 +66,9 @@ class RedisStore:
     twins). Clients passed in keep their own timeouts, retry settings and
     connection pools (give them a ``BlockingConnectionPool``, or more callers
     than the pool holds get "Too many connections", an outage).
+
+    ``job_clock`` (tests): a :class:`~resilience.clock.Clock` whose ``now()``
+    dates the jobs instead of the server's ``TIME``.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class RedisStore:
         expiry_margin: float = 1.0,
         pubsub: bool = False,
         max_connections: int | None = None,
+        job_clock: Clock | None = None,
     ) -> None:
         from_query: dict[str, Any] = {}
         if isinstance(url, str) and ("?" in url or "+cluster" in url.split("://")[0]):
@@ -130,6 +137,9 @@ class RedisStore:
             problems.append(
                 ("max_connections", f"must be a whole number >= 1, got {max_connections!r}")
             )
+        clock_problem = check_job_clock(job_clock)
+        if clock_problem is not None:
+            problems.append(clock_problem)
         if max_connections is not None and url is None and not problems:
             problems.append(("max_connections", "applies to a URL; a client keeps its own pool"))
         if problems:
@@ -179,6 +189,8 @@ class RedisStore:
         self._lines_lock = threading.Lock()
         self._pubsub = pubsub
         self._watcher: Watcher | None = None
+        self._job_clock = job_clock
+        self._job_names: set[str] = set()  # queue names recorded (on a cluster)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
