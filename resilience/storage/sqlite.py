@@ -1,10 +1,11 @@
-"""SQLite: shared buckets and circuits for several processes on one host.
+"""SQLite: shared buckets, circuits and job queues for several processes on one host.
 
-One database file (stdlib :mod:`sqlite3`, WAL journal) holds two tables,
+One database file (stdlib :mod:`sqlite3`, WAL journal) holds three tables,
 created on first use: ``resilience_buckets`` (one ``REAL`` per bucket: its
-theoretical arrival time) and ``resilience_circuits`` (one row per circuit).
-A file written by an older version gains the columns it lacks when a store
-first opens it (``ALTER TABLE … ADD COLUMN``).
+theoretical arrival time), ``resilience_circuits`` (one row per circuit) and
+``resilience_jobs`` (one row per job, see :mod:`resilience.storage.sqlite_jobs`).
+A file written by an older version gains the tables and columns it lacks when a
+store first opens it (``CREATE … IF NOT EXISTS``, ``ALTER TABLE … ADD COLUMN``).
 
 Atomicity
 ---------
@@ -27,6 +28,19 @@ that restarts at boot would not do). Tests inject a
 ignored, as the protocol allows for stores with a clock of their own. A break
 that does not fit in a finite number (``inf``, NaN) is stored as
 :data:`~resilience._core.breaker.MAX_BREAK`: it never means "no break".
+
+Jobs
+----
+The ``job_*`` methods (:class:`~resilience.storage.jobs.TransactionalJobStore`)
+run the units of work of :mod:`~resilience.storage.sqlite_jobs` the same way:
+a write transaction applies the job core's per-job transitions to the rows it
+read, so a claim never hands one job to two processes. Job times are on
+``clock``. ``job_enqueue`` and ``job_complete`` also run on the caller's own
+:class:`sqlite3.Connection` to the same file (``connection=``), inside the
+caller's open transaction, which is never committed or rolled back here: the
+caller's busy timeout applies then, not ``timeout``. While that transaction
+holds SQLite's write lock, every other writer of the file (claims, heartbeats,
+other stores) waits for it, so keep it short.
 
 Half-open probe permits are leased: they lapse together ``probe_lease``
 seconds (or the breaker's own lease) after the last one was handed out, so a
@@ -73,6 +87,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import math
 import numbers
 import os
@@ -81,7 +96,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .._core.breaker import CircuitState
 from .._core.bucket import FULL, BucketSpec, Decision, penalize, refund, take_all, tokens
@@ -95,11 +110,23 @@ from .._core.circuit import (
     snapshot,
     transition,
 )
+from .._core.jobs import check_claim
 from ..clock import Clock
 from ..errors import ConfigurationError, StoreUnavailable
+from . import sqlite_jobs
 from ._sql import encode_key
 from .breakers import DEFAULT_PROBE_LEASE, CircuitSnapshot, SnapshotCallback
 from .buckets import BucketRequest
+from .jobs import (
+    BatchProgress,
+    Job,
+    JobState,
+    LeaseLost,
+    NewJob,
+    QueueStats,
+    check_duration,
+    check_list_arguments,
+)
 
 __all__ = ["MAX_TIMEOUT", "SQLiteStore"]
 
@@ -138,9 +165,13 @@ _SCHEMA = (
         probe_successes INTEGER NOT NULL,
         probes_lapse_at REAL NOT NULL DEFAULT 0.0
     )""",
+    *sqlite_jobs.SCHEMA,
 )
 #: Columns added since the first schema: (table, column, definition).
-_MIGRATIONS = (("resilience_circuits", "probes_lapse_at", "REAL NOT NULL DEFAULT 0.0"),)
+_MIGRATIONS = (
+    ("resilience_circuits", "probes_lapse_at", "REAL NOT NULL DEFAULT 0.0"),
+    *sqlite_jobs.MIGRATIONS,
+)
 
 _GET_TAT = "SELECT tat FROM resilience_buckets WHERE name = ? AND key = ?"
 _PUT_TAT = (
@@ -197,7 +228,14 @@ class SQLiteStore:
     most when the breaker does not give a lease of its own.
 
     Invalid options raise :class:`~resilience.ConfigurationError` naming them.
+
+    It is also a job store (:class:`~resilience.storage.jobs.TransactionalJobStore`,
+    the ``job_*`` methods): jobs are dated by ``clock``, and ``job_enqueue`` and
+    ``job_complete`` accept ``connection=``, your own :class:`sqlite3.Connection` to
+    the same file inside your open transaction.
     """
+
+    job_transactional: Literal[True] = True
 
     def __init__(
         self,
@@ -574,6 +612,224 @@ class SQLiteStore:
 
     async def abreaker_release_probe(self, name: str, version: int, succeeded: bool | None) -> int:
         return await self._arun(self._transaction, self._release(name, version, succeeded))
+
+    # -- jobs: each call is a unit of work of sqlite_jobs, run here, on the worker, or on
+    #    the caller's own connection -------------------------------------------------------
+
+    def _on(self, connection: Any, work: _Work[T]) -> T:
+        """Run ``work`` on the caller's connection, inside the caller's transaction: never
+        committed or rolled back here, and the caller's busy timeout applies."""
+        try:
+            with sqlite_jobs.caller(connection, self._file) as checked:
+                return work(checked, self._clock.now())
+        except sqlite3.Error as error:
+            raise self._unavailable(error) from error
+
+    def _job_write(self, work: _Work[T], connection: Any = None) -> T:
+        return self._transaction(work) if connection is None else self._on(connection, work)
+
+    async def _ajob_write(self, work: _Work[T], connection: Any = None) -> T:
+        if connection is not None:  # a sync object of the caller's thread: used right here
+            return self._on(connection, work)
+        return await self._arun(self._transaction, work)
+
+    @staticmethod
+    def _settled(done: bool, connection: Any, queue: str, job_id: int) -> bool:
+        if not done and connection is not None:
+            raise LeaseLost(queue, job_id)  # so that the caller's transaction rolls back
+        return done
+
+    def _enqueue(self, queue: str, jobs: Sequence[NewJob]) -> _Work[list[tuple[int, bool]]]:
+        jobs = list(jobs)
+        for new in jobs:
+            sqlite_jobs.check_new(new)
+        return functools.partial(sqlite_jobs.enqueue, queue=queue, jobs=jobs)
+
+    def _claim(self, queue: str, worker: str, limit: int, lease: float) -> _Work[list[Job]]:
+        check_claim(now=0.0, limit=limit, lease=lease)
+        return functools.partial(
+            sqlite_jobs.claim, queue=queue, worker=worker, limit=limit, lease=float(lease)
+        )
+
+    def _heartbeat(
+        self, queue: str, worker: str, job_ids: Sequence[int], lease: float
+    ) -> _Work[list[int]]:
+        lease = check_duration(lease, "lease", positive=True)
+        return functools.partial(
+            sqlite_jobs.heartbeat, queue=queue, worker=worker, job_ids=list(job_ids), lease=lease
+        )
+
+    def _complete(self, queue: str, job_id: int, worker: str) -> _Work[bool]:
+        return functools.partial(sqlite_jobs.complete, queue=queue, job_id=job_id, worker=worker)
+
+    def _fail(self, queue: str, job_id: int, worker: str, **decision: Any) -> _Work[bool]:
+        return functools.partial(
+            sqlite_jobs.fail, queue=queue, job_id=job_id, worker=worker, **decision
+        )
+
+    def _defer(self, queue: str, job_id: int, worker: str, delay: float) -> _Work[bool]:
+        delay = check_duration(delay, "delay")
+        return functools.partial(
+            sqlite_jobs.defer, queue=queue, job_id=job_id, worker=worker, delay=delay
+        )
+
+    def _purge(self, queue: str, older_than: float) -> _Work[int]:
+        older_than = check_duration(older_than, "older_than")
+        return functools.partial(sqlite_jobs.purge, queue=queue, older_than=older_than)
+
+    def _listing(self, queue: str, state: JobState | None, limit: int) -> _Work[list[Job]]:
+        check_list_arguments(state, limit)
+        return functools.partial(sqlite_jobs.listing, queue=queue, state=state, limit=limit)
+
+    def job_enqueue(
+        self, queue: str, jobs: Sequence[NewJob], *, connection: Any = None
+    ) -> list[tuple[int, bool]]:
+        """Add ``jobs`` (all or none); with ``connection``, in your open transaction on
+        this store's file (the outbox pattern)."""
+        return self._job_write(self._enqueue(queue, jobs), connection)
+
+    def job_claim(self, queue: str, worker: str, limit: int, lease: float) -> list[Job]:
+        return self._transaction(self._claim(queue, worker, limit, lease))
+
+    def job_heartbeat(
+        self, queue: str, worker: str, job_ids: Sequence[int], lease: float
+    ) -> list[int]:
+        return self._transaction(self._heartbeat(queue, worker, job_ids, lease))
+
+    def job_complete(self, queue: str, job_id: int, worker: str, *, connection: Any = None) -> bool:
+        """Settle the job as done; with ``connection``, in your open transaction on this
+        store's file, raising :class:`~resilience.storage.jobs.LeaseLost` if the lease
+        is not held (roll back then)."""
+        done = self._job_write(self._complete(queue, job_id, worker), connection)
+        return self._settled(done, connection, queue, job_id)
+
+    def job_fail(
+        self,
+        queue: str,
+        job_id: int,
+        worker: str,
+        *,
+        retry: bool,
+        delay: float | None,
+        error_class: str | None,
+        reason: str | None,
+        error: str | None,
+    ) -> bool:
+        work = self._fail(
+            queue,
+            job_id,
+            worker,
+            retry=retry,
+            delay=delay,
+            error_class=error_class,
+            reason=reason,
+            error=error,
+        )
+        return self._transaction(work)
+
+    def job_defer(self, queue: str, job_id: int, worker: str, delay: float) -> bool:
+        return self._transaction(self._defer(queue, job_id, worker, delay))
+
+    def job_get(self, queue: str, job_id: int) -> Job | None:
+        return self._read(functools.partial(sqlite_jobs.get, queue=queue, job_id=job_id))
+
+    def job_list(self, queue: str, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        return self._read(self._listing(queue, state, limit))
+
+    def job_stats(self, queue: str) -> QueueStats:
+        return self._read(functools.partial(sqlite_jobs.stats, queue=queue))
+
+    def job_replay(self, queue: str, job_id: int) -> bool:
+        return self._transaction(functools.partial(sqlite_jobs.replay, queue=queue, job_id=job_id))
+
+    def job_replay_all(self, queue: str) -> int:
+        return self._transaction(functools.partial(sqlite_jobs.replay_all, queue=queue))
+
+    def job_purge(self, queue: str, older_than: float) -> int:
+        return self._transaction(self._purge(queue, older_than))
+
+    def job_progress(self, queue: str, batch: str) -> BatchProgress:
+        return self._read(functools.partial(sqlite_jobs.progress, queue=queue, batch=batch))
+
+    def job_queues(self) -> list[str]:
+        return self._read(sqlite_jobs.queues)
+
+    async def ajob_enqueue(
+        self, queue: str, jobs: Sequence[NewJob], *, connection: Any = None
+    ) -> list[tuple[int, bool]]:
+        return await self._ajob_write(self._enqueue(queue, jobs), connection)
+
+    async def ajob_claim(self, queue: str, worker: str, limit: int, lease: float) -> list[Job]:
+        return await self._arun(self._transaction, self._claim(queue, worker, limit, lease))
+
+    async def ajob_heartbeat(
+        self, queue: str, worker: str, job_ids: Sequence[int], lease: float
+    ) -> list[int]:
+        work = self._heartbeat(queue, worker, job_ids, lease)
+        return await self._arun(self._transaction, work)
+
+    async def ajob_complete(
+        self, queue: str, job_id: int, worker: str, *, connection: Any = None
+    ) -> bool:
+        done = await self._ajob_write(self._complete(queue, job_id, worker), connection)
+        return self._settled(done, connection, queue, job_id)
+
+    async def ajob_fail(
+        self,
+        queue: str,
+        job_id: int,
+        worker: str,
+        *,
+        retry: bool,
+        delay: float | None,
+        error_class: str | None,
+        reason: str | None,
+        error: str | None,
+    ) -> bool:
+        work = self._fail(
+            queue,
+            job_id,
+            worker,
+            retry=retry,
+            delay=delay,
+            error_class=error_class,
+            reason=reason,
+            error=error,
+        )
+        return await self._arun(self._transaction, work)
+
+    async def ajob_defer(self, queue: str, job_id: int, worker: str, delay: float) -> bool:
+        return await self._arun(self._transaction, self._defer(queue, job_id, worker, delay))
+
+    async def ajob_get(self, queue: str, job_id: int) -> Job | None:
+        work = functools.partial(sqlite_jobs.get, queue=queue, job_id=job_id)
+        return await self._arun(self._read, work)
+
+    async def ajob_list(
+        self, queue: str, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        return await self._arun(self._read, self._listing(queue, state, limit))
+
+    async def ajob_stats(self, queue: str) -> QueueStats:
+        return await self._arun(self._read, functools.partial(sqlite_jobs.stats, queue=queue))
+
+    async def ajob_replay(self, queue: str, job_id: int) -> bool:
+        work = functools.partial(sqlite_jobs.replay, queue=queue, job_id=job_id)
+        return await self._arun(self._transaction, work)
+
+    async def ajob_replay_all(self, queue: str) -> int:
+        work = functools.partial(sqlite_jobs.replay_all, queue=queue)
+        return await self._arun(self._transaction, work)
+
+    async def ajob_purge(self, queue: str, older_than: float) -> int:
+        return await self._arun(self._transaction, self._purge(queue, older_than))
+
+    async def ajob_progress(self, queue: str, batch: str) -> BatchProgress:
+        work = functools.partial(sqlite_jobs.progress, queue=queue, batch=batch)
+        return await self._arun(self._read, work)
+
+    async def ajob_queues(self) -> list[str]:
+        return await self._arun(self._read, sqlite_jobs.queues)
 
     def __getstate__(self) -> dict[str, Any]:
         # Picklable (e.g. handed to a spawned process): the connection stays behind.
