@@ -115,7 +115,9 @@ def as_coroutine_function(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutin
 
 
 class WorkerPool:
-    """At most ``size`` jobs running at once, each on a thread of its own."""
+    """At most ``size`` jobs running at once, each on a thread of its own; with
+    ``size`` 1, on the caller's thread (a handler may then use what that thread
+    opened, such as a sqlite3 connection)."""
 
     def __init__(self, size: int) -> None:
         import concurrent.futures
@@ -135,6 +137,9 @@ class WorkerPool:
             return self._size - self._running
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._size == 1:
+            fn(*args)
+            return
         with self._idle:
             self._running += 1
         try:
