@@ -135,3 +135,35 @@ registry = Registry(clock=clock)
 assert_type(registry.retry("fetch", attempts=3), rs.Retry)
 assert_type(registry.breaker("payments"), rs.CircuitBreaker)
 assert_type(registry.rate_limiter("emails", rate=10), rs.RateLimiter)
+
+# -- durable jobs -------------------------------------------------------------------------
+
+from resilience.jobs import Batch, BatchProgress, Job, JobQueue, QueueStats, RunCounts  # noqa: E402
+
+jobs = JobQueue("emails", store="memory://", retry=rs.Retry(attempts=5))
+JobQueue("emails", store="memory://", lease="30")  # type: ignore[arg-type]
+JobQueue("emails", stor="memory://")  # type: ignore[call-arg]
+
+
+@jobs.handler
+def send_email(to: str) -> None:
+    pass
+
+
+@jobs.handler(timeout=30.0, concurrency=5)
+async def send_async(to: str) -> None:
+    pass
+
+
+send_email("a")  # the handler is the function itself, still callable
+send_email(1)  # type: ignore[arg-type]
+assert_type(jobs.enqueue(send_email, to="a", key="k", priority=2), int)
+assert_type(jobs.run_once(limit=50), RunCounts)
+assert_type(jobs.job(1), Job | None)
+assert_type(jobs.stats(), QueueStats)
+assert_type(jobs.dead_letters(), list[Job])
+assert_type(jobs.replay(1), bool)
+assert_type(jobs.enqueue_batch(send_email, [{"to": "a"}]), Batch)
+assert_type(jobs.batch("b").progress(), BatchProgress)
+jobs.enqueue(send_email, priority="high")  # type: ignore[arg-type]
+jobs.jobs(state="lost")  # type: ignore[arg-type]
