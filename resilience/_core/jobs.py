@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
@@ -75,6 +75,8 @@ __all__ = [
     "claim_order",
     "complete",
     "completed",
+    "count_progress",
+    "count_stats",
     "dead_letters",
     "defer",
     "deferred",
@@ -89,6 +91,7 @@ __all__ = [
     "lapsed_dead",
     "progress",
     "purge",
+    "purgeable",
     "renewed",
     "replay",
     "replayed",
@@ -519,12 +522,7 @@ def purge(state: QueueState, *, queue: str, finished_before: float) -> tuple[Que
     """Remove the done and dead jobs of ``queue`` finished before ``finished_before``."""
     _time(finished_before, "finished_before")
     gone = [
-        job
-        for job in state.jobs.values()
-        if job.queue == queue
-        and job.finished_at is not None
-        and job.state in ("done", "dead")
-        and job.finished_at < finished_before
+        job for job in state.jobs.values() if job.queue == queue and purgeable(job, finished_before)
     ]
     if not gone:
         return state, 0
@@ -537,15 +535,13 @@ def purge(state: QueueState, *, queue: str, finished_before: float) -> tuple[Que
     return replace(state, jobs=jobs, keys=keys), len(gone)
 
 
-def stats(state: QueueState, queue: str, now: float) -> QueueStats:
-    """Counts by state, due jobs and lag for ``queue`` at ``now``."""
+def count_stats(jobs: Iterable[Job], now: float) -> QueueStats:
+    """Counts by state, due jobs and lag over ``jobs`` (one queue's) at ``now``."""
     _time(now, "now")
     counts = {"pending": 0, "running": 0, "done": 0, "dead": 0}
     due = 0
     lag = 0.0
-    for job in state.jobs.values():
-        if job.queue != queue:
-            continue
+    for job in jobs:
         counts[job.state] += 1
         if is_due(job, now):
             due += 1
@@ -556,12 +552,15 @@ def stats(state: QueueState, queue: str, now: float) -> QueueStats:
     )
 
 
-def progress(state: QueueState, batch: str, queue: str | None = None) -> BatchProgress:
-    """How far ``batch`` has got (in ``queue``, or in every queue when ``None``)."""
+def stats(state: QueueState, queue: str, now: float) -> QueueStats:
+    """Counts by state, due jobs and lag for ``queue`` at ``now``."""
+    return count_stats((job for job in state.jobs.values() if job.queue == queue), now)
+
+
+def count_progress(jobs: Iterable[Job]) -> BatchProgress:
+    """How far the batch made of ``jobs`` has got."""
     done = dead = pending = 0
-    for job in state.jobs.values():
-        if job.batch != batch or (queue is not None and job.queue != queue):
-            continue
+    for job in jobs:
         if job.state == "done":
             done += 1
         elif job.state == "dead":
@@ -571,6 +570,24 @@ def progress(state: QueueState, batch: str, queue: str | None = None) -> BatchPr
     total = done + dead + pending
     percent = 100.0 if total == 0 else 100.0 * (done + dead) / total
     return BatchProgress(total, done, dead, pending, percent)
+
+
+def progress(state: QueueState, batch: str, queue: str | None = None) -> BatchProgress:
+    """How far ``batch`` has got (in ``queue``, or in every queue when ``None``)."""
+    return count_progress(
+        job
+        for job in state.jobs.values()
+        if job.batch == batch and (queue is None or job.queue == queue)
+    )
+
+
+def purgeable(job: Job, finished_before: float) -> bool:
+    """Whether purging jobs finished before ``finished_before`` removes ``job``."""
+    return (
+        job.state in ("done", "dead")
+        and job.finished_at is not None
+        and job.finished_at < finished_before
+    )
 
 
 def dead_letters(state: QueueState, *, queue: str, limit: int) -> tuple[Job, ...]:

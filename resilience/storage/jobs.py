@@ -471,21 +471,8 @@ class MemoryJobStore:
 
     def job_stats(self, queue: str) -> QueueStats:
         with self._lock:
-            now = self.clock.now()
             found = self._queues.get(queue)
-            jobs = () if found is None else found.jobs.values()
-            counts = dict.fromkeys(JOB_STATES, 0)
-            due = 0
-            lag = 0.0
-            for job in jobs:
-                counts[job.state] += 1
-                if core.is_due(job, now):
-                    due += 1
-                    if job.state == "pending":
-                        lag = max(lag, now - job.next_attempt_at)
-            return QueueStats(
-                counts["pending"], counts["running"], counts["done"], counts["dead"], due, lag
-            )
+            return core.count_stats(() if found is None else found.jobs.values(), self.clock.now())
 
     def job_replay(self, queue: str, job_id: int) -> bool:
         with self._lock:
@@ -514,13 +501,7 @@ class MemoryJobStore:
             if found is None:
                 return 0
             before = self.clock.now() - older_than
-            gone = [
-                job
-                for job in found.jobs.values()
-                if job.state in ("done", "dead")
-                and job.finished_at is not None
-                and job.finished_at < before
-            ]
+            gone = [job for job in found.jobs.values() if core.purgeable(job, before)]
             for job in gone:
                 del found.jobs[job.id]
                 if job.key is not None and found.keys.get(job.key) == job.id:
@@ -531,19 +512,7 @@ class MemoryJobStore:
         with self._lock:
             found = self._queues.get(queue)
             jobs = () if found is None else found.jobs.values()
-            done = dead = pending = 0
-            for job in jobs:
-                if job.batch != batch:
-                    continue
-                if job.state == "done":
-                    done += 1
-                elif job.state == "dead":
-                    dead += 1
-                else:
-                    pending += 1
-            total = done + dead + pending
-            percent = 100.0 if total == 0 else 100.0 * (done + dead) / total
-            return BatchProgress(total, done, dead, pending, percent)
+            return core.count_progress(job for job in jobs if job.batch == batch)
 
     def job_queues(self) -> list[str]:
         with self._lock:
