@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from pydantic import SkipValidation
+from pydantic import SkipValidation, field_validator
 
 from ._async import jobs as _async_jobs
 from ._policy import Policy
@@ -54,6 +54,7 @@ from ._validation import (
     MAX_COUNT,
     Duration,
     FinitePositiveDuration,
+    OptionsModel,
     PolicyName,
     options_from,
     options_model,
@@ -61,6 +62,7 @@ from ._validation import (
 from .bulkhead import Bulkhead
 from .errors import ConfigurationError, ResilienceError, StoreUnavailable
 from .retry import Retry
+from .storage._guard import FailureMode
 from .storage.jobs import (
     DEFAULT_PRIORITY,
     BatchProgress,
@@ -263,7 +265,11 @@ class JobQueue:
     this many seconds after they finish (``None``: kept until :meth:`purge`). ``lease``:
     how long a claimed job is reserved for its worker without a heartbeat (workers
     heartbeat every third of it). ``poll_interval``: how long an idle worker waits
-    before looking again.
+    before looking again. ``on_store_failure``: only ``"fail_closed"``, the one mode
+    a durable queue can keep its promise in: an enqueue the store did not confirm
+    raises :class:`~resilience.StoreUnavailable` (a job is never kept only in memory,
+    where a crash would lose it silently), ``run_once`` raises it, and ``work`` waits
+    the outage out, reporting it once.
     """
 
     kind = "job_queue"
@@ -278,6 +284,7 @@ class JobQueue:
         retention: Duration | None = 7 * 24 * 3600.0,
         lease: FinitePositiveDuration = 30.0,
         poll_interval: FinitePositiveDuration = 1.0,
+        on_store_failure: FailureMode = "fail_closed",
     ) -> None:
         """Each option is declared here once; ``JobQueueOptions`` is derived from it."""
         options: Any = options_from(JobQueueOptions, f"JobQueue {name!r}", locals())
@@ -779,7 +786,22 @@ class JobQueue:
         return f"JobQueue({self.name!r}, store={self._store!r})"
 
 
-JobQueueOptions = options_model(JobQueue.__init__, "JobQueueOptions")
+class _JobQueueRules(OptionsModel):
+    """What the signature cannot say."""
+
+    @field_validator("on_store_failure", check_fields=False)
+    @classmethod
+    def _only_fail_closed(cls, value: Any) -> Any:
+        if value != "fail_closed":
+            raise ValueError(
+                f"a job queue only fails closed, got {value!r}: a job the store has not "
+                "accepted is not durable, so enqueue raises StoreUnavailable instead of "
+                "letting it through or keeping it in this process"
+            )
+        return value
+
+
+JobQueueOptions = options_model(JobQueue.__init__, "JobQueueOptions", _JobQueueRules)
 
 
 # -- helpers ---------------------------------------------------------------------------------

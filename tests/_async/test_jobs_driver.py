@@ -461,6 +461,8 @@ async def test_bad_options_name_the_field(clock: FakeClock) -> None:
         JobQueue("q", store=object())
     with pytest.raises(rs.ConfigurationError, match="gate"):
         JobQueue("q", store=MemoryStore(clock), gate=42)
+    with pytest.raises(rs.ConfigurationError, match="on_store_failure.*only fails closed"):
+        JobQueue("q", store=MemoryStore(clock), on_store_failure="local")
     queue = queue_on(MemoryStore(clock))
     with pytest.raises(ValueError, match="limit"):
         await queue.arun_once(limit=0)
