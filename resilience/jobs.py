@@ -224,13 +224,15 @@ class Batch:
     """Jobs enqueued together (:meth:`JobQueue.enqueue_batch`); its progress is read
     from the store, so any process can follow it."""
 
-    __slots__ = ("ids", "name", "queue")
+    __slots__ = ("created", "ids", "name", "queue")
 
-    def __init__(self, queue: JobQueue, name: str, ids: list[int]) -> None:
+    def __init__(self, queue: JobQueue, name: str, ids: list[int], created: int = 0) -> None:
         self.queue = queue
         self.name = name
         self.ids = ids
         """The ids of this call's jobs, in item order (empty for :meth:`JobQueue.batch`)."""
+        self.created = created
+        """How many of them this call added (the others' keys were held already)."""
 
     def progress(self) -> BatchProgress:
         """Total, done, dead, pending and percent finished, now."""
@@ -291,6 +293,7 @@ class JobQueue:
         self.options = options
         self.name: str = options.name
         self._store: JobStore = _job_store(options.store, self.name)
+        self._owns_store = isinstance(options.store, str)  # built here from a URL: closed here
         self.retry: Retry = (
             options.retry if options.retry is not None else _default_retry(self.name)
         )
@@ -312,6 +315,19 @@ class JobQueue:
     def store(self) -> JobStore:
         """The job store (for ``memory://`` the memory store's job part)."""
         return self._store
+
+    def close(self) -> None:
+        """Close the store if this queue built it from a URL (a store object passed in
+        is its owner's to close). Also ``with JobQueue(...) as queue:``."""
+        close = getattr(self._store, "close", None)
+        if self._owns_store and callable(close):
+            close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -518,8 +534,8 @@ class JobQueue:
             raise ValueError(f"batch name must be a non-empty string, got {name!r}")
         return Batch(self, name, [])
 
-    def _batch(self, name: str, ids: list[int]) -> Batch:
-        return Batch(self, name, ids)
+    def _batch(self, name: str, ids: list[int], created: int) -> Batch:
+        return Batch(self, name, ids, created)
 
     def _batch_name(self, batch: str | None) -> str:
         if batch is None:

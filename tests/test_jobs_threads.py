@@ -46,3 +46,15 @@ def test_concurrent_runs_use_a_pool(tmp_path: Path) -> None:
     queue.enqueue_batch(task, [{"n": n} for n in range(8)])
     assert queue.run_once(concurrency=4).done == 8
     assert all(name.startswith("resilience-job") for name in threads)
+
+
+def test_a_queue_closes_the_store_it_built(tmp_path: Path) -> None:
+    with JobQueue("q", store=f"sqlite:///{tmp_path / 'jobs.db'}") as queue:
+        assert queue.stats().total == 0
+        store = queue.store
+    assert isinstance(store, SQLiteStore) and store._connection is None
+    given = SQLiteStore(tmp_path / "given.db")
+    with JobQueue("q", store=given) as queue:
+        queue.stats()
+    assert given._connection is not None  # its owner's to close
+    given.close()

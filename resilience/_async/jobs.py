@@ -86,6 +86,7 @@ async def aenqueue_batch(
         for index, item in enumerate(items)
     ]
     ids: list[int] = []
+    created_count = 0
     with job_enqueue_span(queue.name, spec.name) as trace:
         if trace is not None:
             news = [replace(new, trace=trace) for new in news]
@@ -100,7 +101,8 @@ async def aenqueue_batch(
             for job_id, created in answers:
                 queue._report_enqueued(spec.name, job_id, created)
                 ids.append(job_id)
-    return queue._batch(name, ids)
+                created_count += created
+    return queue._batch(name, ids, created_count)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ async def arun_once(queue: JobQueue, limit: int, concurrency: int) -> RunCounts:
     settle each. Raises :class:`~resilience.StoreUnavailable` if the claim fails."""
     limit, concurrency = queue._check_run(limit, concurrency)
     tally = queue._tally()
-    await _apurge_when_due(queue)
+    await _apurge(queue)  # a pass is a cron tick: purging each one costs one indexed delete
     try:
         jobs = await queue._store.ajob_claim(queue.name, tally.worker, limit, queue._lease)
     except StoreUnavailable as error:
@@ -180,10 +182,16 @@ async def awork(queue: JobQueue, concurrency: int, stop: Any, until_empty: bool)
 
 
 async def _apurge_when_due(queue: JobQueue) -> None:
+    """A long-running worker purges at most once a minute."""
+    if time.monotonic() >= queue._next_purge:
+        queue._next_purge = time.monotonic() + 60.0
+        await _apurge(queue)
+
+
+async def _apurge(queue: JobQueue) -> None:
     retention = queue._retention
-    if retention is None or time.monotonic() < queue._next_purge:
+    if retention is None:
         return
-    queue._next_purge = time.monotonic() + min(retention, 60.0)
     try:
         await queue._store.ajob_purge(queue.name, retention)
     except StoreUnavailable as error:  # the claim that follows reports the outage
