@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from pydantic import field_validator
@@ -105,7 +105,7 @@ class RetryKeywords(TypedDict, total=False):
     backoff_by_class: Mapping[ErrorClass | str, Backoff | Mapping[str, Any]] | None
     respect_retry_after: bool
     retry_if_result: Callable[[Any], bool] | None
-    classifier: ClassifierLike | Iterable[ClassifierLike]
+    classifier: ClassifierLike | Sequence[ClassifierLike]
     on_retry: Callable[[RetryInfo], object] | None
     on_give_up: Callable[[RetryInfo], object] | None
     name: str

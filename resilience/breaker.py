@@ -21,7 +21,7 @@ Where each part lives, from the inside out:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -149,7 +149,7 @@ class CircuitBreaker(CircuitReplica, Policy):
             FailureOn | ErrorClass | str | type[BaseException] | None
         ] = None,
         failure_if_result: Callable[[Any], bool] | None = None,
-        classifier: SkipValidation[ClassifierLike | Iterable[ClassifierLike]] = None,
+        classifier: SkipValidation[ClassifierLike | Sequence[ClassifierLike]] = None,
         on_state_change: StateListener | None = None,
         store: SkipValidation[BreakerStore | None] = None,
         clock: Clock | None = None,

@@ -21,7 +21,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -475,7 +475,7 @@ def _mapping_classifier(
 
 
 def make_classifier(
-    *classifiers: ClassifierLike | Iterable[ClassifierLike],
+    *classifiers: ClassifierLike | Sequence[ClassifierLike],
 ) -> Callable[[BaseException], Classification]:
     """Chain user classifiers in front of the default one; the first answer wins.
 

@@ -30,7 +30,7 @@ import datetime
 import itertools
 import math
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from pydantic import SkipValidation
@@ -154,7 +154,7 @@ class Retry(Policy):
         ] = None,
         respect_retry_after: bool = True,
         retry_if_result: Callable[[Any], bool] | None = None,
-        classifier: SkipValidation[ClassifierLike | Iterable[ClassifierLike]] = None,
+        classifier: SkipValidation[ClassifierLike | Sequence[ClassifierLike]] = None,
         on_retry: Callable[[RetryInfo], object] | None = None,
         on_give_up: Callable[[RetryInfo], object] | None = None,
         name: PolicyName = "retry",

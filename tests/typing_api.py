@@ -167,3 +167,7 @@ assert_type(jobs.enqueue_batch(send_email, [{"to": "a"}]), Batch)
 assert_type(jobs.batch("b").progress(), BatchProgress)
 jobs.enqueue(send_email, priority="high")  # type: ignore[arg-type]
 jobs.jobs(state="lost")  # type: ignore[arg-type]
+
+# A classifier given as a mapping literal of exception types (its keys narrower than BaseException).
+rs.Retry(classifier={ConnectionError: rs.ErrorClass.NETWORK})
+rs.CircuitBreaker("db", classifier=[{TimeoutError: "timeout"}, lambda error: None])
