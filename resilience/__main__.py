@@ -11,6 +11,8 @@ from . import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m resilience``; its help lists every command's options."""
+    from ._cli_jobs import COMMANDS_HELP
+    from ._cli_jobs import add_arguments as add_jobs_arguments
     from ._demo import add_arguments
 
     parser = argparse.ArgumentParser(
@@ -35,7 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_arguments(demo)
-    parser.epilog = "the demo command:\n" + textwrap.indent(demo.format_help(), "  ")
+    jobs = commands.add_parser(
+        "jobs",
+        help="inspect and operate durable job queues: stats, dead letters, replay, purge",
+        description=textwrap.fill(
+            "Read and operate the job queues of a store (resilience.jobs.JobQueue): "
+            "counts, jobs, dead letters and their errors; replay dead jobs; purge "
+            "finished ones. Handlers are not needed. Give QUEUE then a command; "
+            "with no QUEUE, every queue holding jobs is listed."
+        ),
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_jobs_arguments(jobs)
+    parser.epilog = (
+        "the demo command:\n"
+        + textwrap.indent(demo.format_help(), "  ")
+        + "\nthe jobs command:\n"
+        + textwrap.indent(jobs.format_help(), "  ")
+    )
     return parser
 
 
@@ -46,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(args)
+    if args.command == "jobs":
+        from ._cli_jobs import run_jobs
+
+        return run_jobs(args)
     parser.print_help()
     return 0
 
