@@ -31,9 +31,12 @@ The contract
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
+import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, runtime_checkable
@@ -102,18 +105,12 @@ class WallClock:
     __slots__ = ()
 
     def now(self) -> float:
-        import time
-
         return time.time()
 
     def sleep(self, seconds: float) -> None:
-        import time
-
         time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
-        import asyncio
-
         await asyncio.sleep(seconds)
 
     def __repr__(self) -> str:
@@ -248,8 +245,6 @@ def check_list_arguments(state: JobState | None, limit: int) -> None:
 
 
 def check_duration(value: float, name: str, *, positive: bool = False) -> float:
-    import math
-
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)

@@ -124,6 +124,7 @@ from .jobs import (
     LeaseLost,
     NewJob,
     QueueStats,
+    WallClock,
     check_duration,
     check_list_arguments,
 )
@@ -198,23 +199,6 @@ _SET_PROBES = "UPDATE resilience_circuits SET probes_out = ?, probes_lapse_at = 
 _Work = Callable[[sqlite3.Connection, float], T]
 
 
-class _WallClock:
-    """The host's wall clock: shared by its processes, and it survives reboots."""
-
-    __slots__ = ()
-
-    now = staticmethod(time.time)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    def __repr__(self) -> str:
-        return "WallClock()"
-
-
 class SQLiteStore:
     """Buckets and circuits in one SQLite file, shared by the processes of one host.
 
@@ -258,7 +242,7 @@ class SQLiteStore:
         self.path = given
         self.url = f"sqlite:///{self.path}"
         self._file = file  # absolute: a later chdir changes nothing
-        self._clock: Clock = _WallClock() if clock is None else clock
+        self._clock: Clock = WallClock() if clock is None else clock
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
@@ -836,7 +820,7 @@ class SQLiteStore:
         return {
             "path": self.path,
             "timeout": self.timeout,
-            "clock": None if isinstance(self._clock, _WallClock) else self._clock,
+            "clock": None if isinstance(self._clock, WallClock) else self._clock,
             "breaker_staleness": self.breaker_staleness,
             "probe_lease": self.probe_lease,
         }
