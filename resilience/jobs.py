@@ -34,6 +34,7 @@ import copy
 import datetime
 import inspect
 import itertools
+import json
 import math
 import os
 import socket
@@ -61,6 +62,7 @@ from ._validation import (
 )
 from .bulkhead import Bulkhead
 from .errors import ConfigurationError, ResilienceError, StoreUnavailable
+from .ratelimit import CompositeLimit, Limit, RateLimiter
 from .retry import Retry
 from .storage._guard import FailureMode
 from .storage.jobs import (
@@ -873,8 +875,6 @@ def _check_gate(gate: Any, queue: str) -> Any:
 def _non_waiting(gate: Any) -> Any:
     """A limiter that would wait for a token refuses at once instead: the job is
     deferred to when the token is due, and the worker's slot is not held meanwhile."""
-    from .ratelimit import CompositeLimit, Limit, RateLimiter
-
     if gate is None:
         return None
     if isinstance(gate, RateLimiter):
@@ -892,8 +892,6 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def _json_payload(handler: str, kwargs: Mapping[str, Any]) -> str:
-    import json
-
     for name, value in kwargs.items():
         problem = _json_problem(value)
         if problem is not None:

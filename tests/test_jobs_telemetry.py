@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import resilience as rs
 from resilience.jobs import JobQueue
 from resilience.storage import MemoryStore
+from resilience.storage.jobs import MemoryJobStore
 from resilience.testing import FakeClock
 
 from .conftest import OTel
@@ -125,3 +126,31 @@ def test_dead_letters_are_logged_as_warnings(caplog: pytest.LogCaptureFixture) -
         r for r in caplog.records if r.levelno == logging.WARNING and "dead-lettered" in r.message
     ]
     assert len(warnings) == 1 and "queue 'mail'" in warnings[0].message
+
+
+def test_the_depth_and_lag_gauges_share_one_stats_read(otel: OTel) -> None:
+    clock = FakeClock(T0)
+
+    class CountingStore(MemoryJobStore):
+        reads = 0
+
+        def job_stats(self, queue: str) -> Any:
+            CountingStore.reads += 1
+            return super().job_stats(queue)
+
+    queue = JobQueue("counted", store=CountingStore(clock))
+
+    @queue.handler(name="noop")
+    def noop() -> None:
+        pass
+
+    queue.enqueue(noop)  # the first job event sets up the instruments
+    otel.points("resilience.job.depth")  # one collection: both gauges
+    assert CountingStore.reads == 1
+    lags = [
+        point.value  # type: ignore[attr-defined]
+        for point in otel.points("resilience.job.lag")
+        if point.attributes["resilience.policy.name"] == "counted"  # type: ignore[attr-defined]
+    ]
+    assert lags == [0.0] and CountingStore.reads == 1  # within half a second: not read again
+    del queue

@@ -15,7 +15,9 @@ application's own): the policy never calls them itself.
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -74,17 +76,32 @@ def track_queue(queue: _Queue) -> None:
         _QUEUES.add(queue)
 
 
+# The depth and lag gauges are read back to back in one collection: they share
+# one stats read per queue (a store round trip) instead of making one each.
+_READ_EVERY = 0.5
+_last_read: tuple[float, list[weakref.ref[Any]], list[tuple[str, Any]]] = (-math.inf, [], [])
+
+
 def tracked_queues() -> list[tuple[str, Any]]:
-    """Each tracked queue's name and stats now; a queue whose store does not answer
-    is left out of this collection (the gauges skip it, the exporter goes on)."""
+    """Each tracked queue's name and stats (the same queues read less than half a
+    second ago are not read again); a queue whose store does not answer is left out
+    (the gauges skip it, the exporter goes on)."""
+    global _last_read
     with _TRACKED_LOCK:
         queues = list(_QUEUES)
+    read_at, read_queues, answers = _last_read
+    same = len(read_queues) == len(queues) and all(
+        ref() is queue for ref, queue in zip(read_queues, queues, strict=True)
+    )
+    if same and time.monotonic() - read_at < _READ_EVERY:
+        return answers
     answers = []
     for queue in queues:
         try:
             answers.append((queue.name, queue.stats()))
         except Exception:  # a metrics collection must not fail on an outage
             continue
+    _last_read = (time.monotonic(), [weakref.ref(queue) for queue in queues], answers)
     return answers
 
 
